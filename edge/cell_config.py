@@ -1,0 +1,282 @@
+"""``cell.yaml``: the configuration of one running cell, validated on load.
+
+Every error is a :class:`~okcell.schema.ConfigError` naming the file and the key (``camera.num_buffers``) and what
+was expected. Relative paths are resolved against the folder of the config file. See ``docs/cell.md``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from okcell.edge.acquisition.camera_features import FeatureSetting
+from okcell.edge.acquisition.harvester_source import DEVICE_KEYS, CameraSettings
+from okcell.edge.acquisition.producers import find_producers
+from okcell.edge.acquisition.source import TRIGGER_MODES, TriggerMode
+from okcell.schema import ConfigError, require_keys
+
+STAGES = ("acquisition", "inference", "outputs")
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+SYNC_MODES = ("normal", "full")
+
+
+@dataclass
+class ModelConfig:
+    onnx: Path
+    backend: str = "auto"
+    engine: Path | None = None
+    threads: int | None = None
+
+
+@dataclass
+class ReplayConfig:
+    images: list[Path]  # one folder, or image files
+    rate_hz: float = 10.0
+    loop: bool = True
+
+
+@dataclass
+class TriggerConfig:
+    mode: TriggerMode = "software"
+    source: str = "Line0"
+    activation: str | None = None
+    timeout_s: float = 2.0  # how long a trigger waits for its frame before it becomes an ERROR result
+
+
+@dataclass
+class ArchiveConfig:
+    directory: Path
+    quota_mb: float = 2048.0
+    ok_sample_every: int = 0  # also store every Nth OK frame (0: none)
+    sync: str = "normal"  # SQLite synchronous mode in WAL: normal (default) or full
+
+
+@dataclass
+class WatchdogConfig:
+    budgets_s: dict[str, float] = field(default_factory=lambda: {"acquisition": 10.0, "inference": 10.0, "outputs": 10.0})
+    recovery_attempts: int = 3
+    reconnect_backoff_s: tuple[float, float] = (0.5, 10.0)  # first and longest wait between reconnect attempts
+
+
+@dataclass
+class CellConfig:
+    path: Path
+    name: str
+    model: ModelConfig
+    recipe: Path
+    trigger: TriggerConfig
+    archive: ArchiveConfig
+    watchdog: WatchdogConfig
+    camera: CameraSettings | None = None
+    replay: ReplayConfig | None = None
+    queue_depth: int = 4
+
+
+def load_cell_config(path: Path | str) -> CellConfig:
+    """Read and validate ``cell.yaml``; raises ConfigError naming the file and key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: cell config not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return parse_cell_config(data, path)
+
+
+def parse_cell_config(data: Any, path: Path) -> CellConfig:
+    reader = _Reader(data, path, "")
+    reader.keys({"model", "recipe"}, {"name", "camera", "replay", "trigger", "archive", "watchdog", "queue_depth"})
+    model = reader.section("model")
+    model.keys({"onnx"}, {"backend", "engine", "threads"})
+    model_config = ModelConfig(
+        onnx=model.path("onnx", must_exist="file"),
+        backend=model.choice("backend", BACKENDS, "auto"),
+        engine=model.path("engine", must_exist=None) if "engine" in model.data else None,
+        threads=model.number("threads", int, None, minimum=1),
+    )
+    recipe = reader.path("recipe", must_exist="dir")
+    trigger = reader.section("trigger", {})
+    trigger.keys(set(), {"mode", "source", "activation", "timeout_s"})
+    trigger_config = TriggerConfig(
+        mode=trigger.choice("mode", TRIGGER_MODES, "software"),  # type: ignore[arg-type]
+        source=trigger.string("source", "Line0"),
+        activation=trigger.string("activation", None),
+        timeout_s=trigger.number("timeout_s", float, 2.0, minimum=0.01),
+    )
+    has_camera, has_replay = "camera" in reader.data, "replay" in reader.data
+    if has_camera == has_replay:
+        raise ConfigError(f"{path}: give exactly one of 'camera' (a GenICam camera) or 'replay' (image files)")
+    camera = _camera(reader.section("camera"), trigger_config, path) if has_camera else None
+    replay = _replay(reader.section("replay")) if has_replay else None
+    if replay is not None and trigger_config.mode == "hardware":
+        raise ConfigError(f"{path}: trigger.mode: 'hardware' needs a camera; a replay source is 'software' or 'free_run'")
+    archive = reader.section("archive", {})
+    archive.keys(set(), {"directory", "quota_mb", "ok_sample_every", "sync"})
+    archive_config = ArchiveConfig(
+        directory=archive.path("directory", must_exist=None) if "directory" in archive.data else path.parent / "archive",
+        quota_mb=archive.number("quota_mb", float, 2048.0, minimum=1.0),
+        ok_sample_every=archive.number("ok_sample_every", int, 0, minimum=0),
+        sync=archive.choice("sync", SYNC_MODES, "normal"),
+    )
+    watchdog = reader.section("watchdog", {})
+    watchdog.keys(set(), {"budgets_s", "recovery_attempts", "reconnect_backoff_s"})
+    budgets = WatchdogConfig().budgets_s
+    if "budgets_s" in watchdog.data:
+        section = watchdog.section("budgets_s")
+        section.keys(set(), set(STAGES))
+        budgets.update({stage: section.number(stage, float, budgets[stage], minimum=0.1) for stage in STAGES})
+    backoff = watchdog.data.get("reconnect_backoff_s", [0.5, 10.0])
+    if (not isinstance(backoff, list) or len(backoff) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in backoff)
+            or backoff[0] > backoff[1]):
+        raise ConfigError(f"{path}: watchdog.reconnect_backoff_s must be [first, longest] seconds > 0, found {backoff!r}")
+    watchdog_config = WatchdogConfig(
+        budgets_s=budgets,
+        recovery_attempts=watchdog.number("recovery_attempts", int, 3, minimum=1),
+        reconnect_backoff_s=(float(backoff[0]), float(backoff[1])),
+    )
+    return CellConfig(
+        path=path,
+        name=reader.string("name", path.stem) or path.stem,
+        model=model_config,
+        recipe=recipe,
+        trigger=trigger_config,
+        archive=archive_config,
+        watchdog=watchdog_config,
+        camera=camera,
+        replay=replay,
+        queue_depth=reader.number("queue_depth", int, 4, minimum=1),
+    )
+
+
+def _camera(camera: "_Reader", trigger: TriggerConfig, path: Path) -> CameraSettings:
+    camera.keys(set(), {"producers", "device", "features", "num_buffers"})
+    producers = camera.data.get("producers", [])
+    if isinstance(producers, str):
+        producers = [producers]
+    if not isinstance(producers, list) or not all(isinstance(p, str) for p in producers):
+        raise ConfigError(f"{path}: camera.producers must be a list of .cti paths, found {producers!r}")
+    resolved = [str(camera.resolve(p)) for p in producers]
+    device: dict[str, Any] = {}
+    if "device" in camera.data:
+        section = camera.section("device")
+        section.keys(set(), set(DEVICE_KEYS))
+        if len(section.data) != 1:
+            raise ConfigError(f"{path}: camera.device must name exactly one of {', '.join(DEVICE_KEYS)}")
+        (key, value), = section.data.items()
+        device[key] = section.number(key, int, None, minimum=0) if key == "index" else section.string(key, None)
+    return CameraSettings(
+        producers=find_producers(resolved, source=f"{path}: camera.producers"),
+        device=device,
+        features=_features(camera.data.get("features", []), path),
+        trigger_mode=trigger.mode,
+        trigger_source=trigger.source,
+        trigger_activation=trigger.activation,
+        num_buffers=camera.number("num_buffers", int, 8, minimum=1),
+        config_source=str(path),
+    )
+
+
+def _features(entries: Any, path: Path) -> list[FeatureSetting]:
+    """``- PixelFormat: Mono8`` or ``- {name: ExposureTime, value: 5000, optional: true}``, applied in order."""
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: camera.features must be a list (applied in order), found {type(entries).__name__}")
+    settings = []
+    for index, entry in enumerate(entries):
+        where = f"{path}: camera.features[{index}]"
+        if isinstance(entry, Mapping) and "name" in entry:
+            require_keys(entry, {"name", "value"}, {"optional"}, where)
+            if not isinstance(entry["name"], str) or not isinstance(entry.get("optional", False), bool):
+                raise ConfigError(f"{where}: 'name' must be a string and 'optional' true/false, found {dict(entry)!r}")
+            settings.append(FeatureSetting(entry["name"], entry["value"], entry.get("optional", False)))
+        elif isinstance(entry, Mapping) and len(entry) == 1:
+            (name, value), = entry.items()
+            settings.append(FeatureSetting(str(name), value))
+        else:
+            raise ConfigError(f"{where}: expected 'Feature: value' or {{name, value, optional}}, found {entry!r}")
+    return settings
+
+
+def _replay(replay: "_Reader") -> ReplayConfig:
+    replay.keys({"images"}, {"rate_hz", "loop"})
+    images = replay.data["images"]
+    listed = [images] if isinstance(images, str) else images
+    if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
+        raise ConfigError(f"{replay.file}: replay.images must be a folder or a list of image files, found {images!r}")
+    paths = [replay.resolve(p) for p in listed]
+    for p in paths:
+        if not p.exists():
+            raise ConfigError(f"{replay.file}: replay.images: {p} does not exist")
+    loop = replay.data.get("loop", True)
+    if not isinstance(loop, bool):
+        raise ConfigError(f"{replay.file}: replay.loop must be true or false, found {loop!r}")
+    return ReplayConfig(images=paths, rate_hz=replay.number("rate_hz", float, 10.0, minimum=0.01), loop=loop)
+
+
+class _Reader:
+    """Typed access to one mapping of the config, naming ``file: prefix.key`` in errors."""
+
+    def __init__(self, data: Any, file: Path, prefix: str) -> None:
+        self.file, self.prefix = file, prefix
+        if not isinstance(data, Mapping):
+            where = f"section '{prefix.rstrip('.')}'" if prefix else "top level"
+            raise ConfigError(f"{file}: {where} must be a mapping, found {type(data).__name__}")
+        self.data = data
+
+    def where(self, key: str) -> str:
+        return f"{self.file}: {self.prefix}{key}"
+
+    def keys(self, required: set[str], optional: set[str]) -> None:
+        missing = sorted(required - set(self.data))
+        if missing:
+            raise ConfigError(f"{self.file}: missing key {', '.join(self.prefix + k for k in missing)}")
+        unknown = sorted(set(self.data) - required - optional)
+        if unknown:
+            raise ConfigError(
+                f"{self.file}: unknown key {', '.join(self.prefix + str(k) for k in unknown)}; "
+                f"allowed here: {', '.join(sorted(required | optional))}"
+            )
+
+    def section(self, key: str, default: Any = None) -> "_Reader":
+        return _Reader(self.data.get(key, default), self.file, f"{self.prefix}{key}.")
+
+    def resolve(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.file.parent / p)
+
+    def path(self, key: str, must_exist: str | None) -> Path:
+        value = self.data.get(key)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.where(key)} must be a path (string), found {value!r}")
+        p = self.resolve(value)
+        if must_exist == "file" and not p.is_file():
+            raise ConfigError(f"{self.where(key)}: file {p} not found")
+        if must_exist == "dir" and not p.is_dir():
+            raise ConfigError(f"{self.where(key)}: folder {p} not found")
+        return p
+
+    def string(self, key: str, default: str | None) -> Any:
+        value = self.data.get(key, default)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{self.where(key)} must be a string, found {value!r}")
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
+        value = self.data.get(key, default)
+        if value not in options:
+            raise ConfigError(f"{self.where(key)} must be one of {', '.join(options)}, found {value!r}")
+        return str(value)
+
+    def number(self, key: str, kind: type, default: Any, minimum: float | None = None) -> Any:
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        kinds = (int, float) if kind is float else (int,)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ConfigError(f"{self.where(key)} must be {'a number' if kind is float else 'an integer'}, found {value!r}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{self.where(key)} must be >= {minimum}, found {value!r}")
+        return kind(value)

@@ -1,0 +1,545 @@
+"""The running cell: acquisition -> inference -> outputs, each stage a thread joined by bounded queues.
+
+Every trigger gets exactly one :class:`~okcell.edge.result.CellResult`: OK or NOK from a completed inspection, or
+ERROR with the reason (no frame, camera lost, stage stalled, inspection failed). Cycles are numbered monotonically,
+continuing from the archive. Results go to the archive first (committed) and then to the other sinks.
+
+Control (thread-safe; this implements ``okcell.edge.opcua.cell_link.CellControl``):
+``request_trigger(part_id) -> cycle`` (software trigger), ``add_sink(sink)``, ``wait_result(cycle, timeout)``,
+``reload_recipe()`` / ``activate_recipe(id)`` (a bad recipe is refused, the old one keeps running, no cycle lost),
+``start()``/``stop()`` (accept or refuse triggers), ``reset()``, ``status()``.
+Lifecycle: ``startup()`` (camera, model, recipe, one warm-up inference, then ``READY=1``), ``shutdown()``
+(``STOPPING=1``, queued triggers are processed, then the stages stop)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from okcell.edge.acquisition.replay_source import ReplaySource
+from okcell.edge.acquisition.source import FrameSource, SourceError, SourceLost, SourceTimeout
+from okcell.edge.archive import ResultArchive
+from okcell.edge.cell_config import STAGES, CellConfig
+from okcell.edge.opcua.cell_link import CellStatus, TriggerRefused
+from okcell.edge.outputs import ResultSink
+from okcell.edge.result import CellResult, InspectionResult
+from okcell.edge.sdnotify import SdNotifier
+from okcell.edge.stages import STOP, Job, TimingWindow
+from okcell.edge.watchdog import CellWatchdog, StageHeartbeat
+from okcell.schema import ConfigError
+
+log = logging.getLogger(__name__)
+_IDLE_POLL_S = 0.2
+_TRIGGER_BACKLOG = 1000
+_RECENT_RESULTS = 1024
+
+
+@dataclass
+class Inspection:
+    """The loaded model + recipe: what the inference stage calls."""
+
+    inspector: Any  # okcell.edge.inspector.Inspector
+    recipe: Any  # okcell.calibration.recipe.Recipe
+    recipe_dir: Path
+    extractor: Any  # okcell.edge.features.FeatureExtractor
+
+    @property
+    def recipe_id(self) -> str:
+        return str(self.recipe.recipe_id)
+
+
+def open_source(config: CellConfig) -> FrameSource:
+    """The frame source the config describes (camera or replay)."""
+    if config.camera is not None:
+        from okcell.edge.acquisition.harvester_source import HarvesterSource
+
+        return HarvesterSource(config.camera)
+    assert config.replay is not None
+    images = config.replay.images
+    target: Path | list[Path] = images[0] if len(images) == 1 and images[0].is_dir() else images
+    return ReplaySource(target, trigger_mode=config.trigger.mode, rate_hz=config.replay.rate_hz,
+                        loop=config.replay.loop, config_source=str(config.path))
+
+
+class CellService:
+    """One inspection cell (see module docstring)."""
+
+    def __init__(self, config: CellConfig, notifier: SdNotifier | None = None,
+                 source: FrameSource | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or SdNotifier()
+        self.source = source or open_source(config)
+        self.archive = ResultArchive(config.archive.directory, config.archive.quota_mb,
+                                     config.archive.ok_sample_every, config.archive.sync)
+        self.sinks: list[ResultSink] = []
+        self.timings = TimingWindow()
+        self.counts = {"OK": 0, "NOK": 0, "ERROR": 0}
+        self.start_cycle = 0
+        self.state = "Preoperational"
+        self.error_text = ""
+        self.camera_failed = False
+        self._inspection: Inspection | None = None
+        self._pending_inspection: Inspection | None = None
+        self._cycle = 0
+        self._cycle_lock = threading.Lock()
+        self._accepting = False
+        self._stopping = threading.Event()
+        depth = config.queue_depth
+        self._triggers: queue.Queue[Any] = queue.Queue(maxsize=_TRIGGER_BACKLOG)
+        self._frames: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._results: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._late_errors: deque[CellResult] = deque()
+        self._pending_part_ids: deque[str] = deque()
+        self._heartbeats = {stage: StageHeartbeat(stage, config.watchdog.budgets_s[stage]) for stage in STAGES}
+        self._generation = {stage: 0 for stage in STAGES}
+        self._in_flight: dict[str, Any] = {stage: None for stage in STAGES}
+        self._threads: dict[str, threading.Thread] = {}
+        self._done: OrderedDict[int, CellResult] = OrderedDict()
+        self._done_lock = threading.Condition()
+        self._status_lock = threading.Lock()
+        self.watchdog = CellWatchdog(self.notifier, list(self._heartbeats.values()), self._health_text,
+                                     self.recover_stage, config.watchdog.recovery_attempts)
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+
+    def add_sink(self, sink: ResultSink) -> None:
+        """Add an output (OPC UA server, PLC client...) before ``startup``; it gets every result after the archive."""
+        self.sinks.append(sink)
+
+    def startup(self) -> None:
+        """Open archive, model, recipe and camera, run one warm-up inference, start the stages, send READY=1."""
+        self.state = "Initializing"
+        self.notifier.status("starting: opening archive, model, recipe, camera")
+        self.archive.start()
+        self.start_cycle = self._cycle = self.archive.last_cycle()
+        self._inspection = self._load_inspection(self.config.recipe)
+        self._warm_up(self._inspection)
+        self.source.open()
+        for sink in self.sinks:
+            sink.start()
+        for stage in STAGES:
+            self._start_stage(stage)
+        self.watchdog.start()
+        self._accepting = True
+        self.state = "Operational"
+        status = self._health_text()[1]
+        self.notifier.ready(status)
+        log.info("cell %s ready: %s", self.config.name, status)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop taking triggers, finish the queued ones, stop stages, sinks and archive."""
+        self.notifier.stopping()
+        self.state = "Halted"
+        self._accepting = False
+        self._stopping.set()
+        if self.source.trigger_mode == "software":
+            self._put_trigger(STOP)
+        deadline = time.monotonic() + timeout_s
+        for stage in STAGES:
+            thread = self._threads.get(stage)
+            if thread is not None:
+                thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        self.watchdog.stop()
+        for sink in self.sinks:
+            try:
+                sink.stop()
+            except Exception:
+                log.exception("sink %s did not stop cleanly", sink.name)
+        self.source.close()
+        self.archive.stop()
+        if self._inspection is not None:
+            self._inspection.extractor.close()
+        log.info("cell stopped after cycle %d (%s)", self._cycle, self.counts)
+
+    # ---- control (CellControl) ------------------------------------------------------------------------------
+
+    def request_trigger(self, part_id: str) -> int:
+        """Queue one software trigger; returns its result id (= cycle). Thread-safe."""
+        if self.source.trigger_mode != "software":
+            raise TriggerRefused(f"the cell runs in {self.source.trigger_mode} mode: the camera triggers, not requests")
+        if not self._accepting:
+            raise TriggerRefused(f"the cell is {self.state}, not taking triggers")
+        with self._cycle_lock:
+            self._cycle += 1
+            cycle = self._cycle
+            try:
+                self._triggers.put_nowait(Job(cycle, part_id, time.time()))
+            except queue.Full:
+                self._cycle -= 1
+                raise TriggerRefused(f"{_TRIGGER_BACKLOG} triggers are already waiting") from None
+        return cycle
+
+    trigger = request_trigger
+
+    def next_part_id(self, part_id: str) -> None:
+        """Part id for the next self-triggered (hardware/free-run) frame; without one the cycle number is used."""
+        self._pending_part_ids.append(part_id)
+
+    def wait_result(self, cycle: int, timeout_s: float = 30.0) -> CellResult | None:
+        """The result of ``cycle`` once published (recent cycles only), or None after the timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._done_lock:
+            while cycle not in self._done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._done_lock.wait(left)
+            return self._done[cycle]
+
+    def start(self) -> None:
+        if self.state == "Halted" and not self._stopping.is_set():
+            self._accepting, self.state = True, "Operational"
+
+    def stop(self) -> None:
+        """Halt: refuse new triggers (queued ones still complete)."""
+        self._accepting, self.state = False, "Halted"
+
+    def reset(self) -> None:
+        """Acknowledge an error: clear the watchdog's give-up and the error text."""
+        self.watchdog.gave_up = None
+        self.watchdog.attempts = {stage: 0 for stage in STAGES}
+        self.error_text = ""
+        if self.state == "Error":
+            self.state = "Operational"
+
+    def reload_recipe(self) -> str:
+        """Reload the configured recipe folder (SIGHUP); see :meth:`activate_recipe`."""
+        return self._switch_recipe(self.config.recipe)
+
+    def activate_recipe(self, recipe_id: str) -> None:
+        """Switch to the recipe folder named ``recipe_id`` beside the current one; ConfigError if unknown or bad."""
+        available = self.available_recipes()
+        if recipe_id not in available:
+            raise ConfigError(f"recipe {recipe_id!r} not found in {self._recipes_root()}; available: {', '.join(available)}")
+        self._switch_recipe(self._recipes_root() / recipe_id)
+
+    def available_recipes(self) -> tuple[str, ...]:
+        root = self._recipes_root()
+        return tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "manifest.json").is_file()))
+
+    def status(self) -> CellStatus:
+        inspection = self._inspection
+        return CellStatus(
+            state=self.state, error_text=self.error_text, camera_connected=self.source.stats.connected,
+            backend=str(getattr(inspection.extractor, "backend_name", "")) if inspection else "",
+            active_recipe=inspection.recipe_id if inspection else "",
+            available_recipes=self.available_recipes(), fetch_timeouts=self.source.stats.timeouts,
+            reconnects=self.source.stats.reconnects,
+        )
+
+    @property
+    def cycle(self) -> int:
+        return self._cycle
+
+    @property
+    def recipe_id(self) -> str:
+        return self._inspection.recipe_id if self._inspection else ""
+
+    # ---- watchdog hooks ----------------------------------------------------------------------------------
+
+    def recover_stage(self, stage: str) -> bool:
+        """Restart a stalled stage (called by the watchdog): its in-flight trigger becomes an ERROR result,
+        a fresh thread takes over (acquisition reconnects first, inference re-opens model and recipe)."""
+        self.state = "Error"
+        self.error_text = f"stage {stage} stalled; restarting it"
+        item, self._in_flight[stage] = self._in_flight[stage], None
+        self._generation[stage] += 1
+        self._heartbeats[stage].busy_since = None
+        if isinstance(item, Job):
+            self._emit_error(item, f"stage {stage} stalled past its {self._heartbeats[stage].budget_s:.1f} s budget")
+        self._start_stage(stage, restarted=True)
+        return True
+
+    def _health_text(self) -> tuple[bool, str]:
+        p99 = self.timings.percentile("cycle", 99)
+        counts = self.counts
+        camera = "connected" if self.source.stats.connected else "reconnecting"
+        text = (f"{self.state}; cycle {self._cycle}; OK {counts['OK']} NOK {counts['NOK']} ERROR {counts['ERROR']}; "
+                f"p99 {p99:.1f} ms" if p99 is not None else
+                f"{self.state}; cycle {self._cycle}; OK {counts['OK']} NOK {counts['NOK']} ERROR {counts['ERROR']}; p99 -")
+        text += f"; camera {camera}"
+        if self.error_text:
+            text += f"; {self.error_text}"
+        return not self.camera_failed, text
+
+    # ---- stages ------------------------------------------------------------------------------------------
+
+    def _start_stage(self, stage: str, restarted: bool = False) -> None:
+        target: Callable[[int, bool], None] = {
+            "acquisition": self._acquisition_loop, "inference": self._inference_loop, "outputs": self._outputs_loop,
+        }[stage]
+        generation = self._generation[stage]
+        thread = threading.Thread(target=target, args=(generation, restarted), daemon=True,
+                                  name=f"okcell-{stage}-{generation}")
+        self._threads[stage] = thread
+        thread.start()
+
+    def _current(self, stage: str, generation: int) -> bool:
+        return self._generation[stage] == generation
+
+    def _acquisition_loop(self, generation: int, restarted: bool) -> None:
+        heartbeat = self._heartbeats["acquisition"]
+        if restarted and not self._reconnect("restart after a stall", generation):
+            return
+        software = self.source.trigger_mode == "software"
+        while self._current("acquisition", generation):
+            if software:
+                try:
+                    job = self._triggers.get(timeout=_IDLE_POLL_S)
+                except queue.Empty:
+                    continue
+                if job is STOP:
+                    break
+            else:
+                if self._stopping.is_set():
+                    break
+                while self._frames.full() and not self._stopping.is_set():
+                    time.sleep(0.002)  # free run: grab only when inference can take it (newest wins)
+                job = None
+            heartbeat.begin()
+            self._in_flight["acquisition"] = job
+            lost: str | None = None
+            try:
+                job, lost = self._acquire(job)
+            finally:
+                heartbeat.end()
+            if not self._current("acquisition", generation):
+                return  # retired after a stall: the watchdog already answered this trigger
+            self._in_flight["acquisition"] = None
+            if job is not None:
+                self._frames.put(job)
+            if lost is not None and not self._reconnect(lost, generation):
+                return
+        if self._current("acquisition", generation):
+            self._frames.put(STOP)
+
+    def _acquire(self, job: Job | None) -> tuple[Job | None, str | None]:
+        """Grab the frame for a software trigger (job given) or the next self-triggered frame (job None)."""
+        timeout = self.config.trigger.timeout_s
+        part_id = job.part_id if job is not None else ""
+        try:
+            frame = self.source.grab(part_id, timeout)
+        except SourceTimeout as exc:
+            if job is not None:
+                job.error = f"no frame: {exc}"
+            return job, None
+        except SourceError as exc:
+            if job is not None:
+                job.error = f"camera lost: {exc}"
+            return job, str(exc)
+        if job is None:
+            with self._cycle_lock:
+                self._cycle += 1
+                cycle = self._cycle
+            part = self._pending_part_ids.popleft() if self._pending_part_ids else str(cycle)
+            frame.part_id = part
+            job = Job(cycle, part, frame.trigger_time, trigger_monotonic=frame.arrival_monotonic)
+        job.frame = frame
+        job.timings_ms["acquire"] = (frame.arrival_monotonic - job.trigger_monotonic) * 1000.0
+        return job, None
+
+    def _reconnect(self, reason: str, generation: int) -> bool:
+        """Close, re-discover and reopen the camera with backoff; triggers meanwhile become ERROR results."""
+        first, longest = self.config.watchdog.reconnect_backoff_s
+        delay, failures = first, 0
+        log.warning("camera: %s; reconnecting", reason)
+        self.error_text = f"camera lost ({reason}); reconnecting"
+        while self._current("acquisition", generation):
+            if self._fail_waiting_triggers(f"camera reconnecting after: {reason}"):
+                self._frames.put(STOP)
+                return False
+            if self._stopping.is_set():
+                self._frames.put(STOP)
+                return False
+            try:
+                self.source.reconnect()
+            except (SourceError, ConfigError, OSError) as exc:
+                failures += 1
+                self.camera_failed = failures >= self.config.watchdog.recovery_attempts
+                log.warning("camera reconnect %d failed: %s (next try in %.1f s)", failures, exc, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, longest)
+                continue
+            self.camera_failed = False
+            self.error_text = ""
+            if self.state == "Error":
+                self.state = "Operational"
+            log.info("camera reconnected after %d failed attempt(s)", failures)
+            return True
+        return False
+
+    def _fail_waiting_triggers(self, reason: str) -> bool:
+        """Turn queued software triggers into ERROR jobs; True if the stop marker was among them."""
+        stop_seen = False
+        while True:
+            try:
+                job = self._triggers.get_nowait()
+            except queue.Empty:
+                return stop_seen
+            if job is STOP:
+                stop_seen = True
+                continue
+            job.error = reason
+            self._frames.put(job)
+
+    def _inference_loop(self, generation: int, restarted: bool) -> None:
+        heartbeat = self._heartbeats["inference"]
+        if restarted:
+            try:
+                assert self._inspection is not None
+                self._inspection = self._load_inspection(self._inspection.recipe_dir)
+            except Exception as exc:
+                log.error("inference re-initialisation failed: %s", exc)
+                self.error_text = f"inference re-initialisation failed: {exc}"
+        while self._current("inference", generation):
+            job = self._frames.get()
+            if job is STOP:
+                self._results.put(STOP)
+                return
+            if self._pending_inspection is not None:
+                self._inspection, self._pending_inspection = self._pending_inspection, None
+            inspection = self._inspection
+            assert inspection is not None
+            heartbeat.begin()
+            self._in_flight["inference"] = job
+            try:
+                result = self._inspect(job, inspection)
+            finally:
+                heartbeat.end()
+            if not self._current("inference", generation):
+                return
+            self._in_flight["inference"] = None
+            self._results.put(result)
+
+    def _inspect(self, job: Job, inspection: Inspection) -> tuple[CellResult, float]:
+        """Inspect one job; returns the result and the monotonic time its cycle started (frame arrival)."""
+        threshold = float(inspection.recipe.threshold)
+        started = time.monotonic()
+        job.timings_ms["wait"] = (started - job.start_monotonic) * 1000.0
+        if job.error is not None or job.frame is None:
+            outcome = InspectionResult("ERROR", None, threshold, error=job.error or "no frame")
+        else:
+            try:
+                outcome = inspection.inspector.inspect(job.frame.image)
+            except Exception as exc:  # the inspector should not raise; if it does, the part is still not OK
+                log.exception("inspection of cycle %d raised", job.cycle)
+                outcome = InspectionResult("ERROR", None, threshold, error=f"inspection failed: {exc}")
+        outcome.timings_ms = {**outcome.timings_ms, **job.timings_ms, "inspect": (time.monotonic() - started) * 1000.0}
+        result = CellResult(result_id=job.cycle, cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
+                            recipe_id=inspection.recipe_id, inspection=outcome,
+                            frame=job.frame.image if job.frame is not None else None)
+        return result, job.start_monotonic
+
+    def _emit_error(self, job: Job, reason: str) -> None:
+        """An ERROR result for a job whose stage was restarted, straight to the outputs stage."""
+        threshold = float(self._inspection.recipe.threshold) if self._inspection else float("nan")
+        outcome = InspectionResult("ERROR", None, threshold, error=reason, timings_ms=dict(job.timings_ms))
+        result = CellResult(result_id=job.cycle, cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
+                            recipe_id=self.recipe_id, inspection=outcome)
+        self._late_errors.append((result, job.start_monotonic))
+
+    def _outputs_loop(self, generation: int, restarted: bool) -> None:
+        heartbeat = self._heartbeats["outputs"]
+        while self._current("outputs", generation):
+            if self._late_errors:
+                item = self._late_errors.popleft()
+            else:
+                try:
+                    item = self._results.get(timeout=_IDLE_POLL_S)
+                except queue.Empty:
+                    continue
+            if item is STOP:
+                while self._late_errors:
+                    self._publish(*self._late_errors.popleft(), heartbeat=heartbeat)
+                return
+            self._publish(*item, heartbeat=heartbeat)
+
+    def _publish(self, result: CellResult, started: float, heartbeat: StageHeartbeat) -> None:
+        with self._done_lock:
+            if result.cycle in self._done:
+                return  # already answered (e.g. by the watchdog while its stage was stalled)
+            self._done[result.cycle] = result
+            while len(self._done) > _RECENT_RESULTS:
+                self._done.popitem(last=False)
+        heartbeat.begin()
+        self._in_flight["outputs"] = result
+        result.inspection.timings_ms["cycle"] = (time.monotonic() - started) * 1000.0
+        try:
+            self.archive.publish(result)
+        except Exception as exc:  # the database refused: say so loudly, still tell the PLC
+            log.exception("archive: cycle %d not stored", result.cycle)
+            self.error_text = f"archive failed: {exc}"
+        for name, ms in result.inspection.timings_ms.items():
+            self.timings.add(name, ms)
+        with self._status_lock:
+            self.counts[result.decision] += 1
+        for sink in self.sinks:
+            try:
+                sink.publish(result)
+            except Exception:
+                log.exception("sink %s failed on cycle %d", sink.name, result.cycle)
+        result.frame = None  # the archive's image writer holds its own reference while it needs it
+        self._in_flight["outputs"] = None
+        heartbeat.end()
+        with self._done_lock:
+            self._done_lock.notify_all()
+
+    # ---- model and recipe ------------------------------------------------------------------------------------
+
+    def _load_inspection(self, recipe_dir: Path, extractor: Any = None) -> Inspection:
+        """Open the recipe in ``recipe_dir`` and the model (unless ``extractor`` is given: a recipe switch keeps the
+        running model). Raises ConfigError naming the file if either is bad."""
+        from okcell.calibration.recipe import Recipe
+        from okcell.edge.backends.select import open_extractor
+        from okcell.edge.inspector import Inspector
+        from okcell.export.sidecar import load_verified
+
+        model = self.config.model
+        sidecar = load_verified(model.onnx)
+        recipe = Recipe.load(recipe_dir, sidecar)
+        if extractor is None:
+            extractor = open_extractor(model.onnx, backend=model.backend, engine_path=model.engine,
+                                       threads=model.threads)
+        return Inspection(Inspector(extractor, recipe), recipe, Path(recipe_dir), extractor)
+
+    def _warm_up(self, inspection: Inspection) -> None:
+        """One inference on a grey frame covering the ROI (or the model input); an ERROR here fails startup."""
+        height, width = inspection.extractor.sidecar.input_size
+        roi = inspection.recipe.roi
+        if roi is not None:
+            height, width = roi.y + roi.height, roi.x + roi.width
+        outcome = inspection.inspector.inspect(np.full((height, width, 3), 128, np.uint8))
+        if outcome.decision == "ERROR":
+            raise ConfigError(f"{inspection.recipe_dir}: warm-up inference failed: {outcome.error}")
+
+    def _switch_recipe(self, recipe_dir: Path) -> str:
+        """Load a recipe beside the running one (same model); the inference stage switches between two cycles."""
+        assert self._inspection is not None
+        try:
+            candidate = self._load_inspection(recipe_dir, extractor=self._inspection.extractor)
+        except Exception as exc:
+            log.error("recipe %s refused, keeping %s: %s", recipe_dir, self.recipe_id, exc)
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{recipe_dir}: recipe refused: {exc}") from exc
+        self._pending_inspection = candidate
+        log.info("recipe %s loaded; active from the next cycle", candidate.recipe_id)
+        return candidate.recipe_id
+
+    def _recipes_root(self) -> Path:
+        current = self._inspection.recipe_dir if self._inspection else self.config.recipe
+        return Path(current).parent
+
+    def _put_trigger(self, item: Any) -> None:
+        try:
+            self._triggers.put(item, timeout=5)
+        except queue.Full:
+            log.error("trigger queue full at shutdown")
