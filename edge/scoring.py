@@ -1,0 +1,130 @@
+"""Patch and image anomaly scores against the reference bank of known-good patch features.
+
+Patch anomaly = 1 - mean of the ``k`` highest cosine similarities between the patch and the bank
+(features are L2-normalised, so cosine = inner product). Image score = mean of the highest 1 % of patch
+scores (``"top1pct"``, at least one patch) or their maximum (``"max"``). A part is NOK when its image score is
+strictly greater than the recipe threshold (:func:`decide`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence, cast
+
+import hnswlib
+import numpy as np
+
+Aggregation = Literal["top1pct", "max"]
+AGGREGATIONS: tuple[str, ...] = ("top1pct", "max")
+
+
+def check_aggregation(value: str) -> Aggregation:
+    if value not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, found {value!r}")
+    return cast(Aggregation, value)
+
+
+def aggregate(patch_scores: np.ndarray, aggregation: Aggregation) -> np.ndarray:
+    """(B, N) patch scores -> (B,) image scores."""
+    if aggregation == "max":
+        return patch_scores.max(axis=1)
+    count = max(1, math.ceil(0.01 * patch_scores.shape[1]))
+    top = np.partition(patch_scores, patch_scores.shape[1] - count, axis=1)[:, -count:]
+    return top.mean(axis=1)
+
+
+def decide(score: float, threshold: float) -> Literal["OK", "NOK"]:
+    """NOK when the image score is strictly above the threshold."""
+    return "NOK" if score > threshold else "OK"
+
+
+class _Scorer:
+    """Shared aggregation; subclasses return (M, k) cosine similarities for (M, C) patches."""
+
+    k: int
+    aggregation: Aggregation
+
+    def _top_similarities(self, flat: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def bank_size(self) -> int:
+        raise NotImplementedError
+
+    def patch_scores(self, patches: np.ndarray) -> np.ndarray:
+        """(B, N, C) L2-normalised patch features -> (B, N) float32 anomaly in [0, 2]."""
+        if patches.ndim != 3:
+            raise ValueError(f"patches must be (B, N, C), found shape {patches.shape}")
+        batch, count, channels = patches.shape
+        flat = np.ascontiguousarray(patches.reshape(batch * count, channels), dtype=np.float32)
+        similarity = self._top_similarities(flat).mean(axis=1)
+        return np.clip(1.0 - similarity, 0.0, 2.0).astype(np.float32).reshape(batch, count)
+
+    def image_scores(self, patch_scores: np.ndarray) -> np.ndarray:
+        """(B, N) patch scores -> (B,) image scores."""
+        return aggregate(patch_scores, self.aggregation)
+
+    def score(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, N, C) -> (image scores (B,), patch scores (B, N))."""
+        patch = self.patch_scores(patches)
+        return self.image_scores(patch), patch
+
+    def _check_k(self) -> None:
+        if not 1 <= self.k <= self.bank_size:
+            raise ValueError(f"k must be between 1 and the bank size {self.bank_size}, found {self.k}")
+
+
+class PatchScorer(_Scorer):
+    """Scores with approximate nearest neighbours from an hnswlib index (``space='ip'``, normalised features)."""
+
+    def __init__(self, index: hnswlib.Index, k: int = 1, aggregation: str = "top1pct", threads: int = -1) -> None:
+        if index.space != "ip":
+            raise ValueError(f"the bank index must use space='ip' (cosine on normalised features), found {index.space!r}")
+        self.index = index
+        self.k = k
+        self.aggregation = check_aggregation(aggregation)
+        self.threads = threads
+        self._check_k()
+        if index.ef < k:
+            index.set_ef(k)
+
+    @property
+    def bank_size(self) -> int:
+        return int(self.index.element_count)
+
+    def _top_similarities(self, flat: np.ndarray) -> np.ndarray:
+        _, distances = self.index.knn_query(flat, k=self.k, num_threads=self.threads)
+        return 1.0 - distances  # hnswlib 'ip' distance is 1 - <a, b>
+
+
+class ExactPatchScorer(_Scorer):
+    """Exact nearest neighbours by matrix product over the bank array (reference for accuracy/benchmarks)."""
+
+    def __init__(self, bank: np.ndarray, k: int = 1, aggregation: str = "top1pct", rows_per_block: int = 2048) -> None:
+        if bank.ndim != 2:
+            raise ValueError(f"bank must be (M, C), found shape {bank.shape}")
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.k = k
+        self.aggregation = check_aggregation(aggregation)
+        self.rows_per_block = rows_per_block
+        self._check_k()
+
+    @property
+    def bank_size(self) -> int:
+        return int(self.bank.shape[0])
+
+    def _top_similarities(self, flat: np.ndarray) -> np.ndarray:
+        blocks: list[np.ndarray] = []
+        for start in range(0, flat.shape[0], self.rows_per_block):
+            similarity = flat[start : start + self.rows_per_block] @ self.bank.T
+            if self.k == 1:
+                blocks.append(similarity.max(axis=1, keepdims=True))
+            else:
+                blocks.append(np.partition(similarity, similarity.shape[1] - self.k, axis=1)[:, -self.k :])
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.k), np.float32)
+
+
+def bank_vectors(index: hnswlib.Index, ids: Sequence[int] | None = None) -> np.ndarray:
+    """The stored (M, C) float32 vectors of an hnswlib index (for :class:`ExactPatchScorer`)."""
+    labels = list(range(index.element_count)) if ids is None else list(ids)
+    return np.asarray(index.get_items(labels, return_type="numpy"), dtype=np.float32)

@@ -1,0 +1,68 @@
+"""Clopper–Pearson bounds, threshold choice, folds and the stated risk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from okcell.calibration.thresholds import RateEstimate, assess, assign_folds, choose_threshold, clopper_pearson_upper
+
+
+@pytest.mark.parametrize(
+    ("events", "trials", "confidence", "expected"),
+    [
+        (0, 10, 0.95, 0.2589),  # 1 - 0.05 ** (1 / 10)
+        (0, 300, 0.95, 0.00994),  # "rule of three": about 3 / n
+        (1, 10, 0.975, 0.4450),  # two-sided 95 % interval for 1/10: (0.0025, 0.4450)
+        (5, 10, 0.975, 0.8129),  # two-sided 95 % interval for 5/10: (0.1871, 0.8129)
+        (10, 10, 0.95, 1.0),
+    ],
+)
+def test_clopper_pearson_known_values(events: int, trials: int, confidence: float, expected: float) -> None:
+    assert clopper_pearson_upper(events, trials, confidence) == pytest.approx(expected, abs=6e-5)
+
+
+def test_clopper_pearson_matches_beta_quantile() -> None:
+    beta = pytest.importorskip("scipy.stats").beta  # scipy comes with scikit-image (demo extra), not a runtime dependency
+    for trials in (1, 7, 40, 250, 5000):
+        for events in sorted({0, 1, trials // 10, trials // 2, trials - 1} - {trials}):
+            for confidence in (0.9, 0.95, 0.99):
+                expected = beta.ppf(confidence, events + 1, trials - events)
+                assert clopper_pearson_upper(events, trials, confidence) == pytest.approx(expected, abs=1e-9)
+
+
+def test_clopper_pearson_rejects_bad_counts() -> None:
+    with pytest.raises(ValueError):
+        clopper_pearson_upper(3, 2)
+    with pytest.raises(ValueError):
+        clopper_pearson_upper(0, 0)
+
+
+def test_threshold_allows_at_most_target_rejects() -> None:
+    scores = np.random.default_rng(0).permutation(np.arange(1.0, 201.0))
+    assert choose_threshold(scores, 0.01) == 198.0  # two of 200 above
+    assert choose_threshold(scores, 0.0) == 200.0
+    assert choose_threshold(scores[:40], 0.01) == scores[:40].max()  # 1 % of 40 rounds down to no reject
+
+
+def test_assess_counts_and_bounds() -> None:
+    ok = np.linspace(0.1, 0.2, 100)
+    nok = {"scratch": np.array([0.05, 0.25, 0.3]), "stain": np.array([0.21, 0.22])}
+    risk = assess(ok, nok, 0.05)
+    assert risk.threshold == pytest.approx(ok[94])
+    assert risk.false_rejects == RateEstimate(5, 100)
+    assert risk.escapes == RateEstimate(1, 5)
+    assert risk.detected_per_defect == {"scratch": RateEstimate(2, 3), "stain": RateEstimate(2, 2)}
+    stated = risk.to_json()
+    assert stated["frr"]["upper95"] == pytest.approx(clopper_pearson_upper(5, 100))
+    assert stated["recall"]["stain"]["lower95"] == pytest.approx(1 - clopper_pearson_upper(0, 2))
+    assert assess(ok, {}, 0.01).escapes is None
+
+
+def test_folds_are_balanced_and_seeded() -> None:
+    folds = assign_folds(23, 5, seed=4)
+    assert sorted(np.bincount(folds).tolist()) == [4, 4, 5, 5, 5]
+    assert np.array_equal(folds, assign_folds(23, 5, seed=4))
+    assert not np.array_equal(folds, assign_folds(23, 5, seed=5))
+    with pytest.raises(ValueError, match="per fold"):
+        assign_folds(3, 5)
