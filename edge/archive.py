@@ -17,12 +17,14 @@ import queue
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
-from okcell.edge.result import CellResult
+from okcell.edge.result import CellResult, InspectionResult
+
+Overlay = Callable[[np.ndarray, InspectionResult], np.ndarray]  # frame, inspection -> BGR heatmap overlay
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +49,19 @@ _IMAGE_QUEUE_DEPTH = 32
 
 class ResultArchive:
     """A :class:`~okcell.edge.outputs.ResultSink` that stores results (``directory/results.sqlite``) and images
-    (``directory/images/``)."""
+    (``directory/images/``). ``overlay`` draws the heatmap PNG (without it only the frame is stored)."""
 
     name = "archive"
 
     def __init__(self, directory: Path | str, quota_mb: float = 2048.0, ok_sample_every: int = 0,
-                 sync: str = "normal") -> None:
+                 sync: str = "normal", overlay: Overlay | None = None) -> None:
         self.directory = Path(directory)
         self.images_dir = self.directory / "images"
         self.db_path = self.directory / "results.sqlite"
         self.quota_bytes = int(quota_mb * 1024 * 1024)
         self.ok_sample_every = ok_sample_every
         self.sync = sync
+        self.overlay = overlay
         self.images_written = 0
         self.images_skipped = 0
         self.images_deleted = 0
@@ -178,11 +181,9 @@ class ResultArchive:
         _write_png(frame_path, frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         files = [frame_path]
         heatmap_path = None
-        if result.inspection.anomaly_map is not None:
-            from okcell.edge.inspector import overlay  # the inspection core's heatmap overlay (BGR)
-
+        if result.inspection.anomaly_map is not None and self.overlay is not None:
             heatmap_path = self.images_dir / f"{stem}_heatmap.png"
-            _write_png(heatmap_path, overlay(frame, result.inspection))
+            _write_png(heatmap_path, self.overlay(frame, result.inspection))
             files.append(heatmap_path)
             result.heatmap_path = str(heatmap_path)
         size = sum(p.stat().st_size for p in files)

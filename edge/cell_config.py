@@ -6,6 +6,7 @@ was expected. Relative paths are resolved against the folder of the config file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +16,7 @@ from okcell.edge.acquisition.camera_features import FeatureSetting
 from okcell.edge.acquisition.harvester_source import DEVICE_KEYS, CameraSettings
 from okcell.edge.acquisition.producers import find_producers
 from okcell.edge.acquisition.source import TRIGGER_MODES, TriggerMode
+from okcell.edge.opcua.config import OpcUaConfig, parse_opcua_config
 from okcell.schema import ConfigError, require_keys
 
 STAGES = ("acquisition", "inference", "outputs")
@@ -69,8 +71,10 @@ class CellConfig:
     trigger: TriggerConfig
     archive: ArchiveConfig
     watchdog: WatchdogConfig
+    state_dir: Path
     camera: CameraSettings | None = None
     replay: ReplayConfig | None = None
+    opcua: OpcUaConfig | None = None
     queue_depth: int = 4
 
 
@@ -88,7 +92,12 @@ def load_cell_config(path: Path | str) -> CellConfig:
 
 def parse_cell_config(data: Any, path: Path) -> CellConfig:
     reader = _Reader(data, path, "")
-    reader.keys({"model", "recipe"}, {"name", "camera", "replay", "trigger", "archive", "watchdog", "queue_depth"})
+    reader.keys({"model", "recipe"},
+                {"name", "state_dir", "camera", "replay", "trigger", "archive", "watchdog", "opcua", "queue_depth"})
+    if "state_dir" in reader.data:
+        state_dir = reader.path("state_dir", must_exist=None)
+    else:  # systemd's StateDirectory=, else beside the config file
+        state_dir = Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0] or path.parent)
     model = reader.section("model")
     model.keys({"onnx"}, {"backend", "engine", "threads"})
     model_config = ModelConfig(
@@ -116,7 +125,7 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
     archive = reader.section("archive", {})
     archive.keys(set(), {"directory", "quota_mb", "ok_sample_every", "sync"})
     archive_config = ArchiveConfig(
-        directory=archive.path("directory", must_exist=None) if "directory" in archive.data else path.parent / "archive",
+        directory=archive.path("directory", must_exist=None) if "directory" in archive.data else state_dir / "archive",
         quota_mb=archive.number("quota_mb", float, 2048.0, minimum=1.0),
         ok_sample_every=archive.number("ok_sample_every", int, 0, minimum=0),
         sync=archive.choice("sync", SYNC_MODES, "normal"),
@@ -146,6 +155,8 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
         trigger=trigger_config,
         archive=archive_config,
         watchdog=watchdog_config,
+        state_dir=state_dir,
+        opcua=parse_opcua_config(data.get("opcua"), path, state_dir),
         camera=camera,
         replay=replay,
         queue_depth=reader.number("queue_depth", int, 4, minimum=1),

@@ -78,7 +78,7 @@ class CellService:
         self.notifier = notifier or SdNotifier()
         self.source = source or open_source(config)
         self.archive = ResultArchive(config.archive.directory, config.archive.quota_mb,
-                                     config.archive.ok_sample_every, config.archive.sync)
+                                     config.archive.ok_sample_every, config.archive.sync, overlay=self._overlay)
         self.sinks: list[ResultSink] = []
         self.timings = TimingWindow()
         self.counts = {"OK": 0, "NOK": 0, "ERROR": 0}
@@ -533,6 +533,15 @@ class CellService:
         self._pending_inspection = candidate
         log.info("recipe %s loaded; active from the next cycle", candidate.recipe_id)
         return candidate.recipe_id
+
+    def _overlay(self, frame: np.ndarray, outcome: InspectionResult) -> np.ndarray:
+        """The archived heatmap: anomaly map blended into the active recipe's ROI (BGR)."""
+        from okcell.edge.heatmap import overlay
+
+        roi = self._inspection.recipe.roi if self._inspection else None
+        box = (roi.x, roi.y, roi.width, roi.height) if roi is not None else None
+        return overlay(frame, outcome.anomaly_map, outcome.threshold, outcome.decision, outcome.score, roi=box,
+                       label=outcome.nearest_label)
 
     def _recipes_root(self) -> Path:
         current = self._inspection.recipe_dir if self._inspection else self.config.recipe

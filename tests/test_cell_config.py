@@ -1,0 +1,108 @@
+"""cell.yaml validation: bad files fail on load with the file and key named."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from okcell.edge.cell_config import load_cell_config
+from okcell.schema import ConfigError
+
+VIKY = Path(importlib.util.find_spec("genicam").submodule_search_locations[0]) / "viky.cti"
+
+
+@pytest.fixture()
+def cell_dir(tmp_path: Path) -> Path:
+    (tmp_path / "model.onnx").write_bytes(b"onnx bytes are checked when the cell starts, not here")
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "images").mkdir()
+    return tmp_path
+
+
+def write(cell_dir: Path, data: dict) -> Path:
+    path = cell_dir / "cell.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def camera_config() -> dict:
+    return {
+        "model": {"onnx": "model.onnx", "backend": "onnxruntime", "threads": 2},
+        "recipe": "recipe",
+        "camera": {
+            "producers": [str(VIKY)],
+            "device": {"serial_number": "1"},
+            "features": [{"PixelFormat": "Mono8"}, {"name": "ExposureTime", "value": 5000, "optional": True}],
+            "num_buffers": 4,
+        },
+        "trigger": {"mode": "free_run", "timeout_s": 1.5},
+        "archive": {"quota_mb": 100, "ok_sample_every": 10},
+        "watchdog": {"budgets_s": {"inference": 20}, "reconnect_backoff_s": [0.2, 5]},
+    }
+
+
+def test_valid_camera_config_resolves_paths_and_defaults(cell_dir):
+    config = load_cell_config(write(cell_dir, camera_config()))
+    assert config.model.onnx == cell_dir / "model.onnx" and config.recipe == cell_dir / "recipe"
+    assert config.camera is not None and config.camera.producers == [VIKY]
+    assert [(f.name, f.value, f.optional) for f in config.camera.features] == [
+        ("PixelFormat", "Mono8", False), ("ExposureTime", 5000, True)]
+    assert config.camera.trigger_mode == "free_run" and config.trigger.timeout_s == 1.5
+    assert config.watchdog.budgets_s == {"acquisition": 10.0, "inference": 20.0, "outputs": 10.0}
+    assert config.archive.directory == cell_dir / "archive" and config.archive.ok_sample_every == 10
+    assert config.opcua is not None and not config.opcua.enabled
+
+
+def test_replay_config(cell_dir):
+    data = camera_config()
+    del data["camera"]
+    data["replay"] = {"images": "images", "rate_hz": 5}
+    config = load_cell_config(write(cell_dir, data))
+    assert config.replay is not None and config.replay.images == [cell_dir / "images"] and config.camera is None
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d["camera"].update(num_buffers="eight"), r"camera\.num_buffers must be an integer, found 'eight'"),
+    (lambda d: d["trigger"].update(timeout_s=True), r"trigger\.timeout_s must be a number, found True"),
+    (lambda d: d["trigger"].update(mode="sometimes"), r"trigger\.mode must be one of software, hardware, free_run"),
+    (lambda d: d.update(cameras={}), r"unknown key cameras; allowed here:"),
+    (lambda d: d["camera"].update(exposure=5), r"unknown key camera\.exposure"),
+    (lambda d: d["watchdog"]["budgets_s"].update(decision=3), r"unknown key watchdog\.budgets_s\.decision"),
+    (lambda d: d.pop("recipe"), r"missing key recipe"),
+    (lambda d: d.update(recipe="no-such-recipe"), r"recipe: folder .*no-such-recipe not found"),
+    (lambda d: d["model"].update(onnx="missing.onnx"), r"model\.onnx: file .*missing.onnx not found"),
+    (lambda d: d["camera"].update(producers=["/opt/none/vendor.cti"]), r"camera\.producers: producer /opt/none/vendor.cti"),
+    (lambda d: d["camera"].update(device={"serial": "1"}), r"unknown key camera\.device\.serial"),
+    (lambda d: d["camera"].update(features=[{"name": "Gain"}]), r"camera\.features\[0\]: missing key"),
+    (lambda d: d["watchdog"].update(reconnect_backoff_s=[5, 1]), r"watchdog\.reconnect_backoff_s must be"),
+    (lambda d: d.update(replay={"images": "images"}), r"exactly one of 'camera'"),
+])
+def test_bad_config_names_file_and_key(cell_dir, edit, message):
+    data = camera_config()
+    edit(data)
+    path = write(cell_dir, data)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_cell_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_missing_producer_without_environment_is_named(cell_dir, monkeypatch):
+    monkeypatch.delenv("GENICAM_GENTL64_PATH", raising=False)
+    data = camera_config()
+    del data["camera"]["producers"]
+    path = write(cell_dir, data)
+    with pytest.raises(ConfigError, match=r"cell.yaml: camera.producers: no GenTL producer.*GENICAM_GENTL64_PATH"):
+        load_cell_config(path)
+    monkeypatch.setenv("GENICAM_GENTL64_PATH", str(VIKY.parent))
+    assert VIKY in load_cell_config(path).camera.producers
+
+
+def test_not_yaml_and_not_a_mapping(cell_dir):
+    path = cell_dir / "cell.yaml"
+    path.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_cell_config(path)
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_cell_config(path)

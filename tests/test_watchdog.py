@@ -1,0 +1,110 @@
+"""sd_notify datagrams on real unix sockets, and the self-watchdog's stall detection."""
+
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from okcell.edge.sdnotify import SdNotifier, watchdog_interval_s
+from okcell.edge.watchdog import CellWatchdog, StageHeartbeat
+
+
+class NotifySocket:
+    """A bound datagram socket standing in for systemd's notify socket (what systemd itself binds)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.settimeout(0.05)
+
+    def messages(self, wait_s: float = 0.0) -> list[str]:
+        deadline = time.monotonic() + wait_s
+        received = []
+        while True:
+            try:
+                received.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                if time.monotonic() >= deadline:
+                    return received
+
+
+def test_no_socket_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = SdNotifier()
+    assert not notifier.enabled and notifier.ready() is False and notifier.watchdog() is False
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_datagrams_reach_path_and_abstract_sockets(tmp_path: Path, monkeypatch, abstract):
+    address = f"@okcell-test-{uuid.uuid4().hex}" if abstract else str(tmp_path / "notify.sock")
+    listener = NotifySocket(address)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    notifier = SdNotifier()
+    assert notifier.ready("warm") and notifier.watchdog() and notifier.status("line\nbreak") and notifier.stopping()
+    assert listener.messages() == ["READY=1\nSTATUS=warm", "WATCHDOG=1", "STATUS=line break", "STOPPING=1"]
+    notifier.close()
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch):
+    monkeypatch.setenv("WATCHDOG_USEC", "4000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval_s() == 2.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert watchdog_interval_s() is None  # meant for another process
+    monkeypatch.delenv("WATCHDOG_USEC")
+    assert watchdog_interval_s() is None
+
+
+def test_stalled_stage_stops_watchdog_and_is_named(tmp_path: Path):
+    listener = NotifySocket(str(tmp_path / "notify.sock"))
+    heartbeat = StageHeartbeat("inference", budget_s=0.3)
+    release = threading.Event()
+    recoveries: list[str] = []
+
+    def stage_work(stall: threading.Event) -> None:
+        for _ in range(3):  # healthy work, then one item that hangs until released
+            heartbeat.begin()
+            time.sleep(0.02)
+            heartbeat.end()
+        heartbeat.begin()
+        stall.wait()
+        heartbeat.end()
+
+    def recover(stage: str) -> bool:
+        recoveries.append(stage)
+        return True
+
+    watchdog = CellWatchdog(SdNotifier(str(listener.address)), [heartbeat], lambda: (True, "cycle 3"), recover,
+                            max_attempts=2, interval_s=0.1)
+    watchdog.start()
+    assert any(m.startswith("WATCHDOG=1") for m in listener.messages(wait_s=0.3))
+    threading.Thread(target=stage_work, args=(release,), daemon=True).start()
+    time.sleep(0.6)
+    listener.messages()
+    stalled = listener.messages(wait_s=0.6)
+    assert stalled and not any("WATCHDOG=1" in m for m in stalled)
+    assert all("stage inference stalled" in m for m in stalled), stalled
+    time.sleep(0.4)
+    assert recoveries == ["inference", "inference"] and watchdog.gave_up == "inference"
+    release.set()  # even if the stage comes back, a watchdog that gave up never feeds systemd again
+    time.sleep(0.3)
+    listener.messages()
+    after = listener.messages(wait_s=0.3)
+    assert after and not any("WATCHDOG=1" in m for m in after) and "could not be recovered" in after[-1]
+    watchdog.stop()
+
+
+def test_unhealthy_status_withholds_watchdog(tmp_path: Path):
+    listener = NotifySocket(str(tmp_path / "notify.sock"))
+    healthy = {"value": True}
+    watchdog = CellWatchdog(SdNotifier(listener.address), [StageHeartbeat("acquisition", 1.0)],
+                            lambda: (healthy["value"], "camera reconnecting"), lambda stage: True, interval_s=0.05)
+    assert watchdog.check().healthy
+    healthy["value"] = False
+    assert not watchdog.check().healthy
+    assert listener.messages() == ["WATCHDOG=1\nSTATUS=camera reconnecting", "STATUS=camera reconnecting"]
