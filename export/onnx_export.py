@@ -1,0 +1,233 @@
+"""DINOv2 (transformers) -> ONNX graph ``pixel_values -> (patch_tokens, embedding)`` that TensorRT 10 can parse.
+
+The position embeddings are interpolated once for the export size and stored as a constant, so the graph holds no
+Resize/bicubic; layer selection, final LayerNorm, register/CLS removal, fusion and L2 normalisation are in-graph.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from okcell.export.sidecar import ModelSidecar, sidecar_path_for
+from okcell.schema import ConfigError, sha256_file
+
+if TYPE_CHECKING:
+    from okcell.export.sources import LoadedBackbone
+
+MIN_OPSET = 17
+DEFAULT_OPSET = 18
+DEFAULT_SIZE = 448
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
+FUSIONS = ("concat", "mean")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export: input size (H, W), 1-based blocks to read patch tokens from, how to fuse them."""
+
+    size: tuple[int, int] = (DEFAULT_SIZE, DEFAULT_SIZE)
+    layers: tuple[int, ...] = ()  # empty: the last block
+    fusion: str = "concat"
+    dynamic_batch: bool = False
+    opset: int = DEFAULT_OPSET
+
+
+def check_options(options: ExportOptions, patch_size: int, num_layers: int) -> tuple[int, ...]:
+    """Validate ``options`` against the model; returns the resolved layer list."""
+    height, width = options.size
+    if height <= 0 or width <= 0 or height % patch_size or width % patch_size:
+        raise ConfigError(
+            f"--size {height}x{width}: height and width must be positive multiples of the patch size {patch_size} "
+            f"(e.g. {max(1, round(height / patch_size)) * patch_size})"
+        )
+    layers = options.layers or (num_layers,)
+    bad = [layer for layer in layers if not 1 <= layer <= num_layers]
+    if bad or len(set(layers)) != len(layers):
+        raise ConfigError(f"--layers {','.join(map(str, layers))}: need distinct block numbers in 1..{num_layers}")
+    if options.fusion not in FUSIONS:
+        raise ConfigError(f"--fusion {options.fusion!r}: expected one of {', '.join(FUSIONS)}")
+    if options.opset < MIN_OPSET:
+        raise ConfigError(f"--opset {options.opset}: need {MIN_OPSET} or newer (LayerNormalization)")
+    return tuple(layers)
+
+
+def fuse_patch_tokens(normed_layers: list[torch.Tensor], fusion: str) -> torch.Tensor:
+    """Per-layer L2-normalised patch tokens, concatenated or averaged along channels, then L2-normalised."""
+    per_layer = [F.normalize(tokens, dim=-1) for tokens in normed_layers]
+    fused = torch.cat(per_layer, dim=-1) if fusion == "concat" else torch.stack(per_layer).mean(dim=0)
+    return F.normalize(fused, dim=-1)
+
+
+class FeatureGraph(nn.Module):
+    """The exported computation, built from a transformers DINOv2 for one fixed input size."""
+
+    position: torch.Tensor  # (1, 1 + rows * cols, C) position embeddings interpolated for this size
+
+    def __init__(self, model: Any, size: tuple[int, int], layers: tuple[int, ...], fusion: str) -> None:
+        super().__init__()
+        embeddings = model.embeddings
+        height, width = size
+        patch = int(model.config.patch_size)
+        grid_tokens = (height // patch) * (width // patch)
+        with torch.no_grad():  # transformers' own interpolation, evaluated once for this size
+            probe = torch.zeros(1, 1 + grid_tokens, int(model.config.hidden_size))
+            position = embeddings.interpolate_pos_encoding(probe, height, width)
+        self.register_buffer("position", position.detach().clone())
+        self.projection = embeddings.patch_embeddings.projection
+        self.cls_token = embeddings.cls_token
+        self.register_tokens = getattr(embeddings, "register_tokens", None)
+        self.blocks = model.encoder.layer
+        self.norm = model.layernorm
+        self.layers = set(layers)
+        self.order = list(layers)
+        self.fusion = fusion
+        self.skip = 1 + (0 if self.register_tokens is None else int(self.register_tokens.shape[1]))
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = pixel_values.shape[0]
+        tokens = self.projection(pixel_values).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1) + self.position
+        if self.register_tokens is not None:
+            registers = self.register_tokens.expand(batch, -1, -1)
+            tokens = torch.cat([tokens[:, :1], registers, tokens[:, 1:]], dim=1)
+        taken: dict[int, torch.Tensor] = {}
+        for index, block in enumerate(self.blocks, start=1):
+            output = block(tokens)
+            tokens = output[0] if isinstance(output, tuple) else output  # transformers 4.x returns a tuple
+            if index in self.layers:
+                taken[index] = self.norm(tokens)[:, self.skip:]
+        patch_tokens = fuse_patch_tokens([taken[index] for index in self.order], self.fusion)
+        embedding = F.normalize(self.norm(tokens)[:, 0], dim=-1)
+        return patch_tokens, embedding
+
+
+def parameter_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def export_graph(graph: FeatureGraph, size: tuple[int, int], options: ExportOptions, onnx_path: Path) -> bool:
+    """Trace ``graph`` to ``onnx_path`` (constants folded); returns whether weights went to external data.
+
+    Opset 18+ uses torch's torch.export-based exporter; opset 17 (older consumers) the TorchScript exporter,
+    since torch's op library starts at opset 18 and cannot down-convert this graph."""
+    external = parameter_bytes(graph) > EXTERNAL_DATA_BYTES
+    inputs, outputs = ["pixel_values"], ["patch_tokens", "embedding"]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if options.opset == MIN_OPSET:
+            axes = {name: {0: "batch"} for name in ("pixel_values", "patch_tokens", "embedding")}
+            torch.onnx.export(
+                graph, (torch.zeros(1, 3, *size),), str(onnx_path), dynamo=False, opset_version=options.opset,
+                dynamic_axes=axes if options.dynamic_batch else None, do_constant_folding=True, input_names=inputs,
+                output_names=outputs,
+            )
+            return external  # the TorchScript exporter writes external data by itself past 2 GiB
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        program = torch.onnx.export(
+            graph, (torch.zeros(2 if options.dynamic_batch else 1, 3, *size),), dynamo=True,
+            opset_version=options.opset, dynamic_shapes={"pixel_values": {0: batch}} if options.dynamic_batch else None,
+            optimize=True, external_data=external, verbose=False, input_names=inputs, output_names=outputs,
+        )
+    assert program is not None
+    program.save(str(onnx_path), external_data=external)
+    return external
+
+
+def check_graph(onnx_path: Path, options: ExportOptions) -> dict[str, Any]:
+    """Structural checks for TensorRT: opset, no Resize, static spatial dims, named inputs/outputs."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    ops = {node.op_type for node in model.graph.node}
+    problems = []
+    if "Resize" in ops:
+        problems.append("a Resize node remains (position embeddings not precomputed)")
+    if [i.name for i in model.graph.input] != ["pixel_values"]:
+        problems.append(f"inputs {[i.name for i in model.graph.input]}, expected ['pixel_values']")
+    if [o.name for o in model.graph.output] != ["patch_tokens", "embedding"]:
+        problems.append(f"outputs {[o.name for o in model.graph.output]}, expected ['patch_tokens', 'embedding']")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        problems.append(f"opset {opset} < {MIN_OPSET}")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if [d.dim_value for d in dims[1:]] != [3, *options.size]:
+        problems.append(f"input dims {[d.dim_value or d.dim_param for d in dims]} are not (B, 3, {options.size})")
+    if problems:
+        raise RuntimeError(f"{onnx_path}: exported graph is not deployable: " + "; ".join(problems))
+    return {"opset": opset, "nodes": len(model.graph.node), "op_types": sorted(ops)}
+
+
+def progress(message: str) -> None:
+    print(f"okcell export: {message}", file=sys.stderr, flush=True)
+
+
+def remove_quietly(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def export_model(
+    source: "str | Path | LoadedBackbone", options: ExportOptions, out: Path, verify: bool = True
+) -> ModelSidecar:
+    """Export ``source`` to ``out`` (+ sidecar ``out.with_suffix('.json')``). Files only appear once the graph checks
+    and the parity check passed; an existing model at ``out`` is kept untouched on failure.
+
+    ``verify=False`` skips the parity run (for callers that check parity themselves)."""
+    from okcell.export.parity import check_parity
+    from okcell.export.sources import LoadedBackbone, load_backbone
+
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ConfigError(f"--out {out}: expected a path ending in .onnx")
+    if isinstance(source, LoadedBackbone):
+        backbone = source
+    else:
+        progress(f"loading model source {source}")
+        backbone = load_backbone(source)
+    config = backbone.model.config
+    layers = check_options(options, int(config.patch_size), int(config.num_hidden_layers))
+    hidden = int(config.hidden_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.export-tmp"
+    remove_quietly(staging)
+    staging.mkdir()
+    try:
+        staged = staging / out.name
+        progress(f"tracing {options.size[0]}x{options.size[1]}, layers {list(layers)} ({options.fusion}), "
+                 f"opset {options.opset}, {'dynamic' if options.dynamic_batch else 'batch 1'}")
+        graph = FeatureGraph(backbone.model, options.size, layers, options.fusion).eval()
+        external = export_graph(graph, options.size, options, staged)
+        graph_info = check_graph(staged, options)
+        progress(f"graph: opset {graph_info['opset']}, {graph_info['nodes']} nodes, no Resize")
+        sidecar = ModelSidecar(
+            onnx_file=out.name, onnx_sha256="", input_size=options.size, patch_size=int(config.patch_size),
+            feature_dim=hidden * len(layers) if options.fusion == "concat" else hidden, embedding_dim=hidden,
+            layers=layers, layer_fusion=options.fusion, dynamic_batch=options.dynamic_batch, opset=graph_info["opset"],
+            model_source=backbone.source_info,
+        )
+        extra: dict[str, Any] = {"external_data": external, "op_types": graph_info["op_types"]}
+        if verify:
+            progress("checking parity with PyTorch on scikit-image photos")
+            extra["parity"] = check_parity(staged, backbone.model, sidecar, progress)
+        sidecar = replace(sidecar, onnx_sha256=sha256_file(staged), extra=extra)
+        for produced in sorted(staging.iterdir(), key=lambda p: p.name == out.name):  # the .onnx last
+            os.replace(produced, out.parent / produced.name)
+        sidecar_tmp = staging / "sidecar.json"
+        sidecar.save(sidecar_tmp)
+        os.replace(sidecar_tmp, sidecar_path_for(out))
+    finally:
+        remove_quietly(staging)
+    progress(f"wrote {out} and {sidecar_path_for(out).name} (sha256 {sidecar.onnx_sha256[:12]}…)")
+    return sidecar
