@@ -1,0 +1,103 @@
+"""The polling bit handshake, driven by a client that only reads and writes variables (like a PLC)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from asyncua import Client, ua
+
+from okcell.edge.opcua.server import OpcUaServer
+from okcell.edge.result import InspectionResult
+from opcua_support import DrivenCell, cell_node, connect, free_port, make_config, var
+
+
+def inspection(cycle: int, part_id: str) -> InspectionResult:
+    return InspectionResult("NOK" if cycle % 4 == 0 else "OK", 0.1 * (cycle % 7), 0.35)
+
+
+async def wait_until(client: Client, node: ua.NodeId, wanted: object, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    target = client.get_node(node)
+    while await target.read_value() != wanted:
+        assert time.monotonic() < deadline, f"{node.Identifier} never became {wanted!r}"
+        await asyncio.sleep(0.002)
+
+
+async def write_bool(node, value: bool) -> None:
+    await node.write_value(ua.DataValue(ua.Variant(value, ua.VariantType.Boolean)))
+
+
+def test_polling_plc_completes_100_handshake_cycles(tmp_path: Path) -> None:
+    cell = DrivenCell(inspection)
+    server = OpcUaServer(make_config(tmp_path, free_port()), cell)
+    cell.sinks.append(server)
+    server.start()
+
+    async def plc() -> None:
+        client = await connect(server.endpoint_url)
+        try:
+            _, idx = await cell_node(client)
+            request, part = var(client, idx, "Handshake.TriggerRequest"), var(client, idx, "Handshake.PartId")
+            busy, valid = var(client, idx, "Handshake.Busy").nodeid, var(client, idx, "Handshake.ResultValid").nodeid
+            counter = var(client, idx, "Handshake.ResultCounter")
+            previous = await counter.read_value()
+            for n in range(100):
+                await wait_until(client, busy, False)
+                await part.write_value(ua.DataValue(ua.Variant(f"plc-{n}", ua.VariantType.String)))
+                await write_bool(request, True)
+                await wait_until(client, valid, True)
+                assert await client.get_node(busy).read_value() is True
+                assert await counter.read_value() == previous + 1
+                previous += 1
+                result_id = await var(client, idx, "Results.ResultId").read_value()
+                assert await var(client, idx, "Results.PartId").read_value() == f"plc-{n}"
+                assert await var(client, idx, "Results.DecisionText").read_value() == cell.published[result_id - 1].decision
+                await write_bool(request, False)
+                await wait_until(client, busy, False)
+                assert await client.get_node(valid).read_value() is True, "ResultValid holds until the next request"
+            assert [r.part_id for r in cell.published] == [f"plc-{n}" for n in range(100)]
+        finally:
+            await client.disconnect()
+
+    try:
+        asyncio.run(plc())
+    finally:
+        server.stop()
+        cell.close()
+
+
+def test_refused_trigger_sets_handshake_error_and_recovers(tmp_path: Path) -> None:
+    cell = DrivenCell(inspection)
+    server = OpcUaServer(make_config(tmp_path, free_port()), cell)
+    cell.sinks.append(server)
+    server.start()
+
+    async def plc() -> None:
+        client = await connect(server.endpoint_url)
+        try:
+            _, idx = await cell_node(client)
+            request = var(client, idx, "Handshake.TriggerRequest")
+            busy, valid = var(client, idx, "Handshake.Busy").nodeid, var(client, idx, "Handshake.ResultValid").nodeid
+            cell.state = "Halted"
+            await write_bool(request, True)
+            await wait_until(client, var(client, idx, "Handshake.HandshakeError").nodeid, "cell is Halted")
+            assert await client.get_node(valid).read_value() is False
+            await write_bool(request, False)
+            await wait_until(client, busy, False)
+            cell.state = "Operational"
+            await write_bool(request, True)
+            await wait_until(client, valid, True)
+            assert await var(client, idx, "Handshake.HandshakeError").read_value() == ""
+            await write_bool(request, False)
+            await wait_until(client, busy, False)
+            assert len(cell.published) == 1
+        finally:
+            await client.disconnect()
+
+    try:
+        asyncio.run(plc())
+    finally:
+        server.stop()
+        cell.close()
