@@ -53,10 +53,14 @@ def render_report(ok_scores: np.ndarray, nok_scores: dict[str, np.ndarray], risk
     ]
     every = np.concatenate([g[1] for g in groups] + [np.array([risk.threshold])])
     low, high = float(every.min()), float(every.max())
+    # far-out NOK scores would squash the OK histogram: the axis ends at 3x the OK range, the rest goes to the last bin
+    limit = 3.0 * max(risk.threshold, float(groups[0][1].max()))
+    overflow = high > limit
+    high = min(high, limit)
     pad = 0.05 * (high - low) if high > low else 0.01
     low, high = max(0.0, low - pad), high + pad
     edges = np.linspace(low, high, 41)
-    fractions = [np.histogram(scores, edges)[0] / max(1, len(scores)) for _, scores, _ in groups]
+    fractions = [np.histogram(np.minimum(scores, edges[-1]), edges)[0] / max(1, len(scores)) for _, scores, _ in groups]
     peak = max(float(f.max()) for f in fractions) or 1.0
 
     def x_of(value: float) -> int:
@@ -83,7 +87,8 @@ def render_report(ok_scores: np.ndarray, nok_scores: dict[str, np.ndarray], risk
         y = y_of(tick)
         cv2.line(canvas, (left - 5, y), (left, y), (0, 0, 0), 1)
         _text(canvas, f"{100 * tick:.0f}%", (left - 50, y + 5), 0.45)
-    _text(canvas, "image anomaly score", ((left + right) // 2 - 80, bottom + 48), 0.55)
+    axis_label = "image anomaly score" + (f" (last bin: {edges[-2]:.3f} and above)" if overflow else "")
+    _text(canvas, axis_label, (left + 10, bottom + 48), 0.55)
     _text(canvas, "share of folder", (8, top - 15), 0.5)
     tx = x_of(risk.threshold)
     for y in range(top, bottom, 12):

@@ -1,0 +1,83 @@
+"""``okcell calibrate``: OK (and optional NOK / synthetic) reference images -> recipe directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from okcell.calibration.bank_index import IndexParams
+from okcell.calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, CalibrationSummary
+from okcell.calibration.report import risk_lines
+from okcell.edge.roi import Roi
+from okcell.edge.scoring import AGGREGATIONS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="exported ONNX model (its .json sidecar beside it)")
+    parser.add_argument("--ok", type=Path, required=True, help="folder of OK reference images")
+    parser.add_argument("--nok", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
+                        help="NOK folder(s), one per defect (label = folder name); a folder of defect folders also works")
+    parser.add_argument("--synthetic", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
+                        help="synthetic reference folder(s) (e.g. `okcell synthesize` output), labelled synthetic:<name>")
+    parser.add_argument("--roi", default=None, metavar="X,Y,W,H", help="inspected region in image pixels")
+    parser.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate of OK parts (default 0.01)")
+    parser.add_argument("--folds", type=int, default=5, help="folds for held-out OK scores (default 5)")
+    parser.add_argument("--k", type=int, default=1, help="nearest bank patches averaged per patch score (default 1)")
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="top1pct",
+                        help="image score: mean of the top 1 %% patch scores, or the max (default top1pct)")
+    parser.add_argument("--coreset-ratio", type=float, default=0.1, help="share of OK patches kept in the bank (default 0.1)")
+    parser.add_argument("--max-bank", type=int, default=DEFAULT_MAX_BANK, help=f"cap on bank patches (default {DEFAULT_MAX_BANK})")
+    parser.add_argument("--label-k", type=int, default=3, help="neighbours in the nearest-label vote (default 3)")
+    parser.add_argument("--hnsw-m", type=int, default=IndexParams.M, help=f"hnswlib M (default {IndexParams.M})")
+    parser.add_argument("--hnsw-ef-construction", type=int, default=IndexParams.ef_construction,
+                        help=f"hnswlib ef_construction (default {IndexParams.ef_construction})")
+    parser.add_argument("--hnsw-ef", type=int, default=IndexParams.ef, help=f"hnswlib search ef (default {IndexParams.ef})")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch if the model allows (default 8)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and the index (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for folds and projections (default 0)")
+    parser.add_argument("--out", type=Path, required=True, help="recipe directory to write")
+    parser.add_argument("--force", action="store_true", help="replace an existing recipe (only once the new one is complete)")
+
+
+def print_summary(summary: CalibrationSummary) -> None:
+    manifest = summary.manifest
+    print(f"recipe {manifest['recipe_id']} written to {summary.out}")
+    for line in risk_lines(summary.risk):
+        print(f"  {line}")
+    for label, share in summary.nearest_label_agreement.items():
+        print(f"  nearest-label agreement {label}: {100 * share:.0f} % (leave-one-out)")
+    ratio = manifest["bank"]["size"] / manifest["bank"]["patches_seen"]
+    print(f"  bank {summary.bank_size} patches ({100 * ratio:.1f} % of {manifest['bank']['patches_seen']})")
+    print(f"  peak RSS {summary.peak_rss_mb:.0f} MB")
+    print(f"  report {summary.out / 'report.png'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from okcell.calibration.build import calibrate
+    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+
+    settings = CalibrationSettings(
+        ok_dir=args.ok,
+        nok_dirs=tuple(args.nok),
+        synthetic_dirs=tuple(args.synthetic),
+        roi=None if args.roi is None else Roi.parse(args.roi),
+        target_frr=args.target_frr,
+        folds=args.folds,
+        k=args.k,
+        aggregation=args.aggregation,
+        coreset_ratio=args.coreset_ratio,
+        max_bank=args.max_bank,
+        index=IndexParams(args.hnsw_m, args.hnsw_ef_construction, args.hnsw_ef),
+        label_k=args.label_k,
+        batch_size=args.batch_size,
+        threads=args.threads or -1,
+        seed=args.seed,
+    )
+    settings.validate()
+    extractor = OnnxRuntimeExtractor(args.model, threads=args.threads)
+    try:
+        summary = calibrate(extractor, args.model, settings, args.out, args.force)
+    finally:
+        extractor.close()
+    print_summary(summary)
+    return 0

@@ -1,0 +1,214 @@
+"""A recipe directory: reference bank (hnswlib), labelled embeddings, report and a manifest binding them to one model.
+
+``manifest.json`` holds the okcell version, the model's ONNX sha256 and input, ROI and channels, scoring and index
+parameters, file hashes, the threshold and the stated risk. ``recipe_id`` is a short hash of the manifest content
+(without the creation date), so any edit to the manifest, the bank or the labelled embeddings is detected on load.
+Recipes are written into a staging directory beside the destination and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from okcell.calibration.bank_index import IndexParams, load_index
+from okcell.calibration.labelled import LabelledEmbeddings
+from okcell.edge.roi import Roi
+from okcell.edge.scoring import AGGREGATIONS, PatchScorer
+from okcell.export.sidecar import ModelSidecar
+from okcell.schema import ConfigError, require_keys, sha256_file, typed
+
+RECIPE_FORMAT = 1
+MANIFEST_FILE = "manifest.json"
+BANK_FILE = "bank.hnsw"
+LABELLED_FILE = "labelled.npz"
+REPORT_FILE = "report.png"
+
+_TOP_KEYS = {"format_version", "recipe_id", "okcell_version", "created", "model", "input", "scoring", "bank", "labelled", "risk", "calibration"}
+_SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "model": {"onnx_file": str, "sha256": str, "input_size": list, "feature_dim": int, "embedding_dim": int},
+    "input": {"roi": (list, type(None)), "channels": str, "image_size": list},
+    "scoring": {"k": int, "aggregation": str, "decision": str},
+    "bank": {"file": str, "sha256": str, "size": int, "coreset_ratio": float, "max_size": int, "patches_seen": int, "index": dict},
+    "risk": {"threshold": float, "target_frr": float, "confidence": float, "frr": dict, "escape": (dict, type(None)), "recall": dict},
+    "calibration": {"ok_images": int, "folds": int, "nok_images": dict, "synthetic_images": dict, "peak_rss_mb": float},
+}
+_LABELLED_KEYS: dict[str, type | tuple[type, ...]] = {"file": str, "sha256": str, "k": int, "counts": dict}
+
+
+def compute_recipe_id(manifest: dict[str, Any]) -> str:
+    """12 hex digits of sha256 over the canonical manifest without ``recipe_id`` and ``created``."""
+    content = {key: value for key, value in manifest.items() if key not in ("recipe_id", "created")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Set ``recipe_id`` and write ``manifest.json`` into ``directory``; returns the manifest written."""
+    manifest = {**manifest, "format_version": RECIPE_FORMAT}
+    manifest["recipe_id"] = compute_recipe_id(manifest)
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def check_destination(out: Path, force: bool) -> None:
+    """Refuse to replace anything without ``force``, and never replace a directory that is not a recipe."""
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise ConfigError(f"{out}: parent folder {out.parent} does not exist")
+        return
+    if not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a recipe directory; choose another --out")
+    if not force:
+        raise ConfigError(f"{out}: a recipe already exists there; pass --force to replace it (the old one is kept until the new one is complete)")
+    if any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise ConfigError(f"{out}: not empty and holds no {MANIFEST_FILE}, so it is not a recipe; refusing to replace it even with --force")
+
+
+def staging_directory(out: Path) -> Path:
+    """A fresh directory beside ``out`` to write the new recipe into."""
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def publish(staging: Path, out: Path, force: bool) -> None:
+    """Move a complete recipe from ``staging`` to ``out``; an old recipe there is removed only after the move."""
+    check_destination(out, force)
+    retired = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    if out.exists():
+        out.rename(retired)
+    try:
+        staging.rename(out)
+    except OSError:
+        if retired.exists():
+            retired.rename(out)
+        raise
+    if retired.exists():
+        shutil.rmtree(retired)
+
+
+def _section(manifest: dict[str, Any], name: str, fields: dict[str, type | tuple[type, ...]], source: str) -> dict[str, Any]:
+    data = typed(manifest, name, dict, source)
+    where = f"{source} [{name}]"
+    require_keys(data, set(fields), set(), where)
+    for key, kind in fields.items():
+        typed(data, key, (int, float) if kind is float else kind, where)
+    return data
+
+
+def _verify_file(directory: Path, entry: dict[str, Any], field: str) -> Path:
+    path = directory / entry["file"]
+    if Path(entry["file"]).name != entry["file"]:
+        raise ConfigError(f"{directory / MANIFEST_FILE}: field '{field}.file' must be a file name in the recipe, found {entry['file']!r}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing from the recipe (listed in {MANIFEST_FILE} field '{field}.file')")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise ConfigError(
+            f"{path}: sha256 {actual[:12]}… does not match {MANIFEST_FILE} field '{field}.sha256' ({entry['sha256'][:12]}…); "
+            "the file was changed after calibration — recalibrate with `okcell calibrate`"
+        )
+    return path
+
+
+@dataclass
+class Recipe:
+    """A loaded, verified recipe bound to the model it was calibrated with."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    recipe_id: str
+    roi: Roi | None
+    channels: str  # "mono" or "colour"
+    image_size: tuple[int, int]  # (height, width) of the reference images
+    threshold: float
+    scorer: PatchScorer
+    labelled: LabelledEmbeddings | None
+
+    def check_frame(self, frame: np.ndarray) -> None:
+        """ValueError with a clear message if ``frame`` cannot be inspected with this recipe."""
+        channels = "mono" if frame.ndim == 2 else "colour"
+        if channels != self.channels:
+            raise ValueError(f"{channels} frame {frame.shape}, but recipe {self.recipe_id} was calibrated on {self.channels} images")
+        if self.roi is not None:
+            self.roi.check_fits(frame.shape)
+        elif frame.shape[:2] != self.image_size:
+            raise ValueError(
+                f"frame of {frame.shape[1]}x{frame.shape[0]} px, but recipe {self.recipe_id} was calibrated on "
+                f"{self.image_size[1]}x{self.image_size[0]} px images without ROI"
+            )
+
+    def crop(self, frame: np.ndarray) -> np.ndarray:
+        """The inspected region of ``frame`` after :meth:`check_frame`."""
+        self.check_frame(frame)
+        return frame if self.roi is None else self.roi.crop(frame)
+
+    @classmethod
+    def load(cls, directory: Path | str, sidecar: ModelSidecar, threads: int = -1) -> "Recipe":
+        directory = Path(directory)
+        path = directory / MANIFEST_FILE
+        source = str(path)
+        if not directory.is_dir():
+            raise ConfigError(f"{directory}: recipe directory not found (build one with `okcell calibrate`)")
+        try:
+            manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: not found; {directory} is not a complete recipe") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        require_keys(manifest, _TOP_KEYS, set(), source)
+        if typed(manifest, "format_version", int, source) != RECIPE_FORMAT:
+            raise ConfigError(f"{source}: field 'format_version' is {manifest['format_version']}, this okcell reads {RECIPE_FORMAT}")
+        for key in ("recipe_id", "okcell_version", "created"):
+            typed(manifest, key, str, source)
+        expected_id = compute_recipe_id(manifest)
+        if manifest["recipe_id"] != expected_id:
+            raise ConfigError(
+                f"{source}: content does not match its recipe_id {manifest['recipe_id']} (now {expected_id}); "
+                "the manifest was edited after calibration — recalibrate with `okcell calibrate`"
+            )
+        sections = {name: _section(manifest, name, fields, source) for name, fields in _SECTIONS.items()}
+        model, inputs, scoring, bank, risk = (sections[k] for k in ("model", "input", "scoring", "bank", "risk"))
+        if model["sha256"] != sidecar.sha256:
+            raise ConfigError(
+                f"{source}: recipe was calibrated for model sha256 {model['sha256'][:12]}… ({model['onnx_file']}) "
+                f"but the loaded model is {sidecar.sha256[:12]}… ({sidecar.onnx_file}); use the recipe's model or recalibrate"
+            )
+        if model["input_size"] != list(sidecar.input_size) or model["feature_dim"] != sidecar.feature_dim:
+            raise ConfigError(f"{source}: field 'model' describes input {model['input_size']} / {model['feature_dim']} features, the model has {list(sidecar.input_size)} / {sidecar.feature_dim}")
+        roi = None if inputs["roi"] is None else Roi.from_json(inputs["roi"], f"{source} field 'input.roi'")
+        if inputs["channels"] not in ("mono", "colour"):
+            raise ConfigError(f"{source}: field 'input.channels' must be 'mono' or 'colour', found {inputs['channels']!r}")
+        size = inputs["image_size"]
+        if len(size) != 2 or any(not isinstance(v, int) or v <= 0 for v in size):
+            raise ConfigError(f"{source}: field 'input.image_size' must be [height, width], found {size}")
+        if scoring["aggregation"] not in AGGREGATIONS:
+            raise ConfigError(f"{source}: field 'scoring.aggregation' must be one of {', '.join(AGGREGATIONS)}, found {scoring['aggregation']!r}")
+        if not 1 <= scoring["k"] <= bank["size"]:
+            raise ConfigError(f"{source}: field 'scoring.k' must be between 1 and the bank size {bank['size']}, found {scoring['k']}")
+        params = IndexParams.from_json(bank["index"], f"{source} [bank.index]")
+        index = load_index(_verify_file(directory, bank, "bank"), sidecar.feature_dim, bank["size"], params)
+        labelled = None
+        if manifest["labelled"] is not None:
+            entry = _section(manifest, "labelled", _LABELLED_KEYS, source)
+            labelled = LabelledEmbeddings.load(_verify_file(directory, entry, "labelled"), sidecar.embedding_dim)
+        return cls(
+            directory=directory,
+            manifest=manifest,
+            recipe_id=manifest["recipe_id"],
+            roi=roi,
+            channels=inputs["channels"],
+            image_size=(size[0], size[1]),
+            threshold=float(risk["threshold"]),
+            scorer=PatchScorer(index, k=scoring["k"], aggregation=scoring["aggregation"], threads=threads),
+            labelled=labelled,
+        )
