@@ -1,0 +1,134 @@
+"""Client mode against a PLC-like asyncua server on 127.0.0.1: typed writes, strobe order, reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from asyncua import Server, ua
+from asyncua.common.callback import CallbackType
+
+from okcell.edge.opcua.config import parse_opcua_config
+from okcell.edge.opcua.plc_client import PlcClientSink
+from okcell.edge.result import CellResult, InspectionResult
+from opcua_support import PASSWORD_HASH, free_port
+
+PLC_NODES = {  # field -> (identifier, PLC data type)
+    "result_id": ("Vision.ResultId", ua.VariantType.UInt32),
+    "part_id": ("Vision.PartId", ua.VariantType.String),
+    "decision": ("Vision.Decision", ua.VariantType.Int16),
+    "ok": ("Vision.OK", ua.VariantType.Boolean),
+    "score": ("Vision.Score", ua.VariantType.Float),
+    "timestamp": ("Vision.TriggerTime", ua.VariantType.DateTime),
+    "error": ("Vision.Error", ua.VariantType.String),
+}
+
+
+class FakePlcServer:
+    """A real asyncua server in its own thread with writable variables in namespace 2, like a PLC's DB."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.values: dict[str, object] = {}
+        self.write_order: list[str] = []
+        self.result_ids: list[object] = []
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def start(self) -> "FakePlcServer":
+        self._thread.start()
+        assert self._ready.wait(30)
+        return self
+
+    def stop(self) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    async def _main(self) -> None:
+        server = Server()
+        await server.init()
+        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/plc")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        idx = await server.register_namespace("urn:test:plc")
+        folder = await server.nodes.objects.add_object(idx, "Vision")
+        nodes = {}
+        for field, (identifier, vtype) in PLC_NODES.items():
+            initial = datetime(2000, 1, 1) if vtype == ua.VariantType.DateTime else ua.get_default_value(vtype)
+            node = await folder.add_variable(ua.NodeId(identifier, idx), identifier, ua.Variant(initial, vtype), varianttype=vtype)
+            await node.set_writable()
+            nodes[node.nodeid] = field
+
+        async def on_write(event, _dispatcher) -> None:
+            for item in event.request_params.NodesToWrite:
+                field = nodes.get(item.NodeId)
+                if field is not None:
+                    self.values[field] = item.Value.Value.Value
+                    self.write_order.append(field)
+                    if field == "result_id":
+                        self.result_ids.append(self.values[field])
+
+        server.subscribe_server_callback(CallbackType.PostWrite, on_write)
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        async with server:
+            self._ready.set()
+            await self._stop.wait()
+
+
+def result(n: int, decision: str = "OK") -> CellResult:
+    score = None if decision == "ERROR" else 0.25 * n
+    return CellResult(n, n, f"part-{n}", time.time(), "demo", InspectionResult(decision, score, 0.5, error="bad frame" if decision == "ERROR" else None))
+
+
+def wait_for(predicate, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_results_are_written_typed_and_survive_a_plc_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.CRITICAL, logger="asyncua")
+    port = free_port()
+    plc = FakePlcServer(port).start()
+    section = {
+        "users": [{"name": "plc", "password_hash": PASSWORD_HASH}],
+        "plc_client": {
+            "endpoint": f"opc.tcp://127.0.0.1:{port}/plc",
+            "nodes": {field: f"ns=2;s={identifier}" for field, (identifier, _) in PLC_NODES.items()},
+            "reconnect_s": 0.2,
+            "timeout_s": 2,
+        },
+    }
+    config = parse_opcua_config(section, "cell.yaml", tmp_path)
+    assert config.plc_client is not None
+    sink = PlcClientSink(config.plc_client, config)
+    sink.start()
+    try:
+        sink.publish(result(1, "NOK"))
+        wait_for(lambda: plc.values.get("result_id") == 1)
+        assert plc.values["part_id"] == "part-1" and plc.values["decision"] == 1 and plc.values["ok"] is False
+        assert plc.values["score"] == pytest.approx(0.25)
+        assert isinstance(plc.values["timestamp"], datetime)
+        assert plc.write_order[-1] == "result_id", "the id is written after the data it announces"
+
+        plc.stop()
+        for n in (2, 3, 4):
+            sink.publish(result(n, "ERROR" if n == 3 else "OK"))
+        plc = FakePlcServer(port).start()
+        wait_for(lambda: plc.values.get("result_id") == 4)
+        assert plc.result_ids == [2, 3, 4], "results queued while the PLC was down arrive in order after reconnect"
+        assert sink.reconnects >= 1 and sink.dropped == 0 and sink.pending() == 0
+        assert plc.values["part_id"] == "part-4" and plc.values["decision"] == 0 and plc.values["ok"] is True
+        assert sink.written == 4
+    finally:
+        sink.stop()
+        plc.stop()
