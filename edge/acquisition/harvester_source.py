@@ -63,6 +63,14 @@ class HarvesterSource:
         return self._acquirer
 
     def open(self) -> None:
+        """Discover, open, configure and start the device; on any failure everything opened is released."""
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         harvester = Harvester()
         self._harvester = harvester
         for cti in self.settings.producers:
@@ -116,13 +124,9 @@ class HarvesterSource:
         self.close()
         try:
             self.open()
-        except ConfigError:
-            raise
-        except SourceLost:
-            self.close()
+        except (ConfigError, SourceLost):
             raise
         except Exception as exc:
-            self.close()
             raise SourceLost(f"{self.name}: reconnect failed: {type(exc).__name__}: {exc}") from exc
         self.stats.reconnects += 1
 
@@ -202,13 +206,22 @@ class HarvesterSource:
         return buffer
 
     def _newest(self, acquirer: ImageAcquirer, timeout_s: float) -> Buffer:
+        """The newest frame. If every buffer was full the producer stopped filling them, so the newest held
+        frame may be old: it is dropped too and the next fresh frame is taken."""
         newest = self._fetch(acquirer, timeout_s)
+        held = 1
         while (newer := acquirer.try_fetch(timeout=_DRAIN_TIMEOUT_S)) is not None:
-            newest.queue()
-            newest = newer
-            if _frame_id(newer) is None:
-                self.stats.dropped += 1
+            newest = self._replace(newest, newer)
+            held += 1
+        if held >= acquirer.num_buffers:
+            newest = self._replace(newest, self._fetch(acquirer, timeout_s))
         return newest
+
+    def _replace(self, older: Buffer, newer: Buffer) -> Buffer:
+        older.queue()
+        if _frame_id(newer) is None:  # without frame ids, count what we discard (with them, gaps are counted)
+            self.stats.dropped += 1
+        return newer
 
     def _discard_queued(self, acquirer: ImageAcquirer) -> None:
         while (stale := acquirer.try_fetch(timeout=_DRAIN_TIMEOUT_S)) is not None:
