@@ -158,6 +158,7 @@ def config_from_roles(tensors: Mapping[str, "torch.Tensor"], source: str) -> Any
     """Infer the transformers config (Dinov2Config or Dinov2WithRegistersConfig) from tensor shapes."""
     from transformers import Dinov2Config, Dinov2WithRegistersConfig
 
+    tensors = split_fused_swiglu(dict(tensors))
     for role in ("cls_token", "position_embeddings", "patch.weight"):
         if role not in tensors:
             raise ConfigError(f"{source}: no {role} tensor found; this is not a DINOv2 checkpoint")
