@@ -64,7 +64,7 @@ class ResultRecord:
     part_id: str
     recipe_id: str
     timestamp: float  # UNIX time of the trigger
-    processing_ms: float  # trigger -> publish
+    processing_ms: float  # the cell's cycle time (timings_ms["cycle"]), else trigger -> publish
     decision: str
     score: float  # NaN when there is none (ERROR)
     threshold: float
@@ -82,7 +82,7 @@ class ResultRecord:
             part_id=result.part_id,
             recipe_id=result.recipe_id,
             timestamp=result.timestamp,
-            processing_ms=max(0.0, (published - result.timestamp) * 1000.0),
+            processing_ms=float(inspection.timings_ms.get("cycle", max(0.0, (published - result.timestamp) * 1000.0))),
             decision=inspection.decision,
             score=math.nan if inspection.score is None else float(inspection.score),
             threshold=float(inspection.threshold),

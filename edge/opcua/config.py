@@ -106,7 +106,10 @@ def parse_opcua_config(section: Mapping[str, Any] | None, source: Path | str, st
     users = _users(section.get("users", []), where)
     if enabled and not users and not anonymous:
         raise ConfigError(f"{where}: no 'users' and 'anonymous' is false - nobody could connect; add a user or set anonymous: true")
-    pki_dir = Path(typed(section, "pki_dir", str, where)) if "pki_dir" in section else Path(state_dir) / "opcua" / "pki"
+    if "pki_dir" in section:  # relative to the folder of the config file
+        pki_dir = Path(source).parent / Path(typed(section, "pki_dir", str, where)).expanduser()
+    else:
+        pki_dir = Path(state_dir) / "opcua" / "pki"
     timeout = _positive(section, "result_timeout_s", where, 30.0)
     plc = _plc_client(section["plc_client"], f"{where}.plc_client") if section.get("plc_client") is not None else None
     return OpcUaConfig(enabled, endpoint, namespace, security, users, anonymous, pki_dir, timeout, plc)

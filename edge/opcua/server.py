@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,10 @@ class OpcUaServer:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="opcua-call")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[ResultRecord] | None = None
+        # publish() only appends here (no system call, so the caller never gives up the GIL); a bridge thread
+        # forwards into the server loop
+        self._handoff: queue.SimpleQueue[ResultRecord | None] = queue.SimpleQueue()
+        self._bridge: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -65,26 +70,31 @@ class OpcUaServer:
             raise self._start_error
 
     def publish(self, result: CellResult) -> None:
-        """Thread-safe and non-blocking: build the flat record here, everything else runs in the server loop."""
-        record = ResultRecord.from_cell_result(result)
-        loop, queue = self._loop, self._queue
-        if loop is None or queue is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, record)
-        except RuntimeError:  # loop closed between the check and the call (shutdown)
-            pass
+        """Thread-safe and non-blocking: build the flat record and queue it; the server loop does the rest."""
+        self._handoff.put(ResultRecord.from_cell_result(result))
 
     def stop(self) -> None:
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(stopping.set)
-            except RuntimeError:
-                pass
+        """Publish what was handed over, then stop the server."""
+        if self._bridge is not None:
+            self._handoff.put(None)
+            self._bridge.join(timeout=15)
         if self._thread is not None:
             self._thread.join(timeout=15)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _forward(self) -> None:
+        """Bridge thread: records from publish() into the server loop; ``None`` (from stop) ends the server."""
+        loop, target, stopping = self._loop, self._queue, self._stopping
+        assert loop is not None and target is not None and stopping is not None
+        while True:
+            record = self._handoff.get()
+            try:
+                if record is None:
+                    loop.call_soon_threadsafe(stopping.set)
+                    return
+                loop.call_soon_threadsafe(target.put_nowait, record)
+            except RuntimeError:  # the loop is already gone
+                return
 
     @property
     def endpoint_url(self) -> str:
@@ -141,6 +151,8 @@ class OpcUaServer:
             asyncio.create_task(handshake.run()),
         ]
         log.info("OPC UA server listening on %s (security: %s)", self.endpoint_url, ", ".join(self._config.security))
+        self._bridge = threading.Thread(target=self._forward, name="opcua-publish", daemon=True)
+        self._bridge.start()
         self._ready.set()
         try:
             await self._stopping.wait()

@@ -1,0 +1,158 @@
+"""``okcell bench publish``: what publishing a result over OPC UA adds to the cycle.
+
+Runs the real OPC UA server on 127.0.0.1 with subscribed clients receiving every ResultReady event, publishes results
+at a line-like rate from the calling thread (as the cell's outputs stage does) and prints p50/p99 of the time
+``publish`` takes on that thread (the cost to the cycle; acceptance: p99 < 2 ms), the publish -> event-received
+latency at the clients, and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=int, default=2000, help="results to publish (default 2000)")
+    parser.add_argument("--rate", type=float, default=100.0, help="results per second, 0 = as fast as possible (default 100)")
+    parser.add_argument("--subscribers", type=int, default=1, help="clients subscribed to ResultReady (default 1)")
+    parser.add_argument("--size", type=int, default=224, help="frame side in pixels carried by each result (default 224)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from okcell.edge.opcua.cell_link import CellStatus
+    from okcell.edge.opcua.config import parse_opcua_config
+    from okcell.edge.opcua.security import hash_password
+    from okcell.edge.opcua.server import OpcUaServer
+    from okcell.edge.result import CellResult, InspectionResult
+
+    if args.results < 1 or args.subscribers < 0 or args.rate < 0:
+        print("okcell bench publish: --results >= 1, --subscribers >= 0, --rate >= 0", file=sys.stderr)
+        return 2
+
+    class IdleCell:
+        """Only status() is used: the bench publishes results itself."""
+
+        def status(self) -> CellStatus:
+            return CellStatus("Operational", "", True, "bench", "bench", ("bench",), 0, 0)
+
+    with tempfile.TemporaryDirectory(prefix="okcell-bench-publish-") as state:
+        password = "bench"
+        config = parse_opcua_config(
+            {"endpoint": "opc.tcp://127.0.0.1:0/okcell", "security": ["None"],
+             "users": [{"name": "bench", "password_hash": hash_password(password, iterations=1000)}]},
+            "bench", Path(state),
+        )
+        server = OpcUaServer(config, IdleCell())  # type: ignore[arg-type]
+        server.start()
+        listener = _Listener(server.endpoint_url, password, args.subscribers)
+        listener.start()
+        rng = np.random.default_rng(0)
+        frame = rng.integers(0, 255, (args.size, args.size, 3), dtype=np.uint8)
+        anomaly = rng.random((args.size, args.size), dtype=np.float32)
+        publish_ms: list[float] = []
+        sent_at: dict[int, float] = {}
+        period = 1.0 / args.rate if args.rate > 0 else 0.0
+        next_time = time.perf_counter()
+        try:
+            for cycle in range(1, args.results + 1):
+                inspection = InspectionResult("NOK" if cycle % 10 == 0 else "OK", 0.3, 0.5, "good", anomaly, {"cycle": 40.0})
+                result = CellResult(cycle, cycle, f"bench-{cycle}", time.time(), "bench", inspection, frame)
+                started = time.perf_counter()
+                server.publish(result)
+                ended = time.perf_counter()
+                sent_at[cycle] = time.monotonic()
+                publish_ms.append((ended - started) * 1000.0)
+                if cycle % 200 == 0 or cycle == args.results:
+                    print(f"\rpublished {cycle}/{args.results}", end="", file=sys.stderr, flush=True)
+                next_time += period
+                pause = next_time - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+            print(file=sys.stderr)
+            time.sleep(1.0)  # let the last events reach the clients
+        finally:
+            received = listener.stop()
+            server.stop()
+    latency = [(received[key] - sent_at[key[1]]) * 1000.0 for key in received if key[1] in sent_at]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    publish = np.asarray(publish_ms)
+    print(f"okcell bench publish: {args.results} results at {args.rate:g}/s, {args.subscribers} subscriber(s)")
+    print(f"  publish() on the cycle thread: p50 {np.percentile(publish, 50):.3f} ms  p99 {np.percentile(publish, 99):.3f} ms  "
+          f"max {publish.max():.3f} ms  (acceptance: p99 < 2 ms)")
+    if latency:
+        lat = np.asarray(latency)
+        print(f"  publish -> ResultReady at client: p50 {np.percentile(lat, 50):.2f} ms  p99 {np.percentile(lat, 99):.2f} ms")
+    expected = args.results * args.subscribers
+    print(f"  events received {len(received)}/{expected}")
+    print(f"  peak RSS {peak_mb:.0f} MiB")
+    return 0 if len(received) == expected else 1
+
+
+class _Listener:
+    """Subscribed clients in a child process (like a PLC elsewhere on the network: they do not compete with the cell
+    for the GIL); returns when each (client, result id) event arrived, on the system-wide monotonic clock."""
+
+    def __init__(self, url: str, password: str, clients: int) -> None:
+        import multiprocessing
+
+        self._conn, child = multiprocessing.get_context("spawn").Pipe()
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_listen, args=(url, password, clients, child), daemon=True
+        )
+
+    def start(self) -> None:
+        self._process.start()
+        if not self._conn.poll(60):
+            raise RuntimeError("bench listener did not subscribe within 60 s")
+        self._conn.recv()
+
+    def stop(self) -> dict[tuple[int, int], float]:
+        self._conn.send("stop")
+        received = self._conn.recv() if self._conn.poll(30) else {}
+        self._process.join(10)
+        return received
+
+
+def _listen(url: str, password: str, clients: int, conn: Any) -> None:
+    asyncio.run(_listen_async(url, password, clients, conn))
+
+
+async def _listen_async(url: str, password: str, count: int, conn: Any) -> None:
+    from asyncua import Client, ua
+
+    received: dict[tuple[int, int], float] = {}
+    clients = []
+    for number in range(count):
+        client = Client(url)
+        client.set_user("bench")
+        client.set_password(password)
+        await client.connect()
+        clients.append(client)
+        idx = await client.get_namespace_index("urn:okcell:cell")
+        subscription = await client.create_subscription(0, _Handler(number, received))
+        await subscription.subscribe_events(
+            client.get_node(ua.NodeId("Cell", idx)), client.get_node(ua.NodeId("ResultReadyEventType", idx)),
+            queuesize=10000,
+        )
+    conn.send("ready")
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    for client in clients:
+        await client.disconnect()
+    conn.send(received)
+
+
+class _Handler:
+    def __init__(self, number: int, received: dict[tuple[int, int], float]) -> None:
+        self._number, self._received = number, received
+
+    def event_notification(self, event: Any) -> None:
+        self._received[(self._number, event.ResultId)] = time.monotonic()
