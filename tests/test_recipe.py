@@ -1,0 +1,138 @@
+"""Recipe directory: load and verify, tampering, model binding, frame checks, labelled embeddings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from okcell.calibration.labelled import LabelledEmbeddings
+from okcell.calibration.recipe import BANK_FILE, LABELLED_FILE, MANIFEST_FILE, Recipe, compute_recipe_id
+from okcell.edge.images import list_images, read_image
+from okcell.export.sidecar import ModelSidecar, load_verified
+from okcell.schema import ConfigError
+
+
+@pytest.fixture(scope="module")
+def sidecar(exported_model: Path) -> ModelSidecar:
+    return load_verified(exported_model)
+
+
+@pytest.fixture
+def recipe_copy(demo_recipe: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(demo_recipe, tmp_path / "recipe"))
+
+
+def _edit_manifest(directory: Path, edit, keep_id: bool = True) -> None:
+    path = directory / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    if not keep_id:  # a deliberate forger recomputes the id; the field checks must still catch bad values
+        manifest["recipe_id"] = compute_recipe_id(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_load_exposes_what_the_runtime_needs(demo_recipe: Path, demo_images: Path, sidecar: ModelSidecar) -> None:
+    recipe = Recipe.load(demo_recipe, sidecar)
+    manifest = json.loads((demo_recipe / MANIFEST_FILE).read_text())
+    assert recipe.recipe_id == manifest["recipe_id"] and len(recipe.recipe_id) == 12
+    assert recipe.threshold == manifest["risk"]["threshold"] > 0
+    assert recipe.roi is None and recipe.channels == "colour" and recipe.image_size == (256, 256)
+    assert recipe.scorer.bank_size == manifest["bank"]["size"] > 0
+    assert manifest["model"]["sha256"] == sidecar.sha256
+    assert manifest["bank"]["index"] == {"library": "hnswlib", "space": "ip", "M": 16, "ef_construction": 200, "ef": 64}
+    assert manifest["calibration"]["ok_images"] == 30 and manifest["calibration"]["peak_rss_mb"] > 0
+    assert set(manifest["risk"]["recall"]) == {"scratch", "stain", "hole", "contamination"}
+    assert recipe.labelled is not None and recipe.labelled.counts["OK"] == 30
+    assert (demo_recipe / "report.png").stat().st_size > 10_000
+    frame = read_image(list_images(demo_images / "holdout" / "ok")[0])
+    recipe.check_frame(frame)
+    with pytest.raises(ValueError, match="mono frame .* calibrated on colour"):
+        recipe.check_frame(frame[:, :, 0])
+    with pytest.raises(ValueError, match="200x256 px, but recipe .* 256x256 px"):
+        recipe.check_frame(frame[:, :200])
+
+
+def test_recipe_separates_demo_holdout(demo_recipe: Path, demo_images: Path, exported_model: Path, sidecar: ModelSidecar) -> None:
+    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+
+    recipe = Recipe.load(demo_recipe, sidecar)
+    extractor = OnnxRuntimeExtractor(exported_model)
+    try:
+        def scores(folder: Path) -> tuple[np.ndarray, list[str]]:
+            paths = sorted(folder.rglob("*.png"))
+            features = extractor.extract([recipe.crop(read_image(p)) for p in paths])
+            assert recipe.labelled is not None
+            return recipe.scorer.score(features.patches)[0], recipe.labelled.nearest_labels(features.embedding)
+
+        ok, ok_labels = scores(demo_images / "holdout" / "ok")
+        nok, _ = scores(demo_images / "holdout" / "nok")
+    finally:
+        extractor.close()
+    assert np.mean(ok <= recipe.threshold) >= 5 / 6
+    assert np.median(nok) > recipe.threshold and np.median(nok) > np.max(ok)
+    assert ok_labels.count("OK") >= 5
+
+
+def test_edited_manifest_is_refused(recipe_copy: Path, sidecar: ModelSidecar) -> None:
+    _edit_manifest(recipe_copy, lambda m: m["risk"].update(threshold=m["risk"]["threshold"] * 2))
+    with pytest.raises(ConfigError, match=r"manifest.json: content does not match its recipe_id .* edited after calibration"):
+        Recipe.load(recipe_copy, sidecar)
+
+
+def test_forged_manifest_fields_are_checked(recipe_copy: Path, sidecar: ModelSidecar) -> None:
+    _edit_manifest(recipe_copy, lambda m: m["scoring"].update(k="1"), keep_id=False)
+    with pytest.raises(ConfigError, match=r"manifest.json \[scoring\]: field 'k' must be int, found '1'"):
+        Recipe.load(recipe_copy, sidecar)
+    _edit_manifest(recipe_copy, lambda m: (m["scoring"].update(k=1), m["bank"].pop("sha256")), keep_id=False)
+    with pytest.raises(ConfigError, match=r"manifest.json \[bank\]: missing key\(s\) sha256"):
+        Recipe.load(recipe_copy, sidecar)
+    (recipe_copy / MANIFEST_FILE).write_text("{ not json")
+    with pytest.raises(ConfigError, match="manifest.json: not valid JSON"):
+        Recipe.load(recipe_copy, sidecar)
+
+
+def test_edited_index_file_is_refused(recipe_copy: Path, sidecar: ModelSidecar) -> None:
+    bank = recipe_copy / BANK_FILE
+    data = bytearray(bank.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bank.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"bank.hnsw: sha256 .* does not match manifest.json field 'bank.sha256'"):
+        Recipe.load(recipe_copy, sidecar)
+
+
+def test_missing_labelled_file_is_refused(recipe_copy: Path, sidecar: ModelSidecar) -> None:
+    (recipe_copy / LABELLED_FILE).unlink()
+    with pytest.raises(ConfigError, match=r"labelled.npz: missing from the recipe"):
+        Recipe.load(recipe_copy, sidecar)
+
+
+def test_recipe_for_another_model_is_refused(demo_recipe: Path, sidecar: ModelSidecar) -> None:
+    other = dataclasses.replace(sidecar, onnx_sha256="f" * 64, onnx_file="other.onnx")
+    with pytest.raises(ConfigError, match=r"manifest.json: recipe was calibrated for model sha256 \w{12}… .* but the loaded model is ffffffffffff…"):
+        Recipe.load(demo_recipe, other)
+
+
+def test_missing_recipe_is_a_clear_error(tmp_path: Path, sidecar: ModelSidecar) -> None:
+    with pytest.raises(ConfigError, match="recipe directory not found"):
+        Recipe.load(tmp_path / "nothing", sidecar)
+    with pytest.raises(ConfigError, match="manifest.json: not found"):
+        Recipe.load(tmp_path, sidecar)
+
+
+def test_labelled_embeddings_vote_and_round_trip(demo_recipe: Path, tmp_path: Path, sidecar: ModelSidecar) -> None:
+    labelled = Recipe.load(demo_recipe, sidecar).labelled
+    assert labelled is not None
+    assert labelled.leave_one_out_agreement()["OK"] == 1.0
+    labelled.save(tmp_path / "copy.npz")
+    again = LabelledEmbeddings.load(tmp_path / "copy.npz", sidecar.embedding_dim)
+    assert again.labels == labelled.labels and again.k == labelled.k
+    assert np.allclose(again.embeddings, labelled.embeddings, atol=1e-6)
+    first_nok = next(i for i, label in enumerate(labelled.labels) if label != "OK")
+    assert labelled.nearest_labels(labelled.embeddings[[0, first_nok]])[0] == "OK"
+    with pytest.raises(ConfigError, match=rf"copy.npz: expected \(M, {sidecar.embedding_dim + 1}\) embeddings"):
+        LabelledEmbeddings.load(tmp_path / "copy.npz", sidecar.embedding_dim + 1)
