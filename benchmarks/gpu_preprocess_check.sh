@@ -47,4 +47,4 @@ python3 -c "import pycuda, pycuda.driver as d; d.init(); print('pycuda', pycuda.
 echo "== pycuda: okcell GpuPreprocessor (page-locked staging, async upload, kernel)"
 timeout 150 python3 benchmarks/gpu_preprocess.py --runtime pycuda --iterations 300 --out "$OUT/pycuda.json"
 echo "== pytest tests/test_gpu_preprocess.py (real kernel tests run here)"
-timeout 90 python3 -m pytest -q --noconftest -p no:cacheprovider -rs tests/test_gpu_preprocess.py
+timeout 90 python3 -P -m pytest -q --noconftest -p no:cacheprovider -rs tests/test_gpu_preprocess.py
