@@ -142,6 +142,8 @@ class ResultArchive:
                  json.dumps({k: round(v, 3) for k, v in inspection.timings_ms.items()})),
             )
         if result.frame is not None and self._wants_images(result):
+            if result.inspection.anomaly_map is not None and self.overlay is not None:
+                result.heatmap_path = str(self._image_paths(result)[1])  # known now, so sinks can publish it
             try:
                 self._images.put_nowait(result)
             except queue.Full:
@@ -175,14 +177,13 @@ class ResultArchive:
 
     def _store(self, result: CellResult) -> None:
         assert result.frame is not None
-        stem = f"{result.cycle:010d}_{result.decision}"
-        frame_path = self.images_dir / f"{stem}_frame.png"
+        frame_path, planned_heatmap = self._image_paths(result)
         frame = result.frame
         _write_png(frame_path, frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         files = [frame_path]
         heatmap_path = None
         if result.inspection.anomaly_map is not None and self.overlay is not None:
-            heatmap_path = self.images_dir / f"{stem}_heatmap.png"
+            heatmap_path = planned_heatmap
             _write_png(heatmap_path, self.overlay(frame, result.inspection))
             files.append(heatmap_path)
             result.heatmap_path = str(heatmap_path)
@@ -195,6 +196,10 @@ class ResultArchive:
         self._stored_bytes += size
         self.images_written += 1
         self._enforce_quota()
+
+    def _image_paths(self, result: CellResult) -> tuple[Path, Path]:
+        stem = f"{result.cycle:010d}_{result.decision}"
+        return self.images_dir / f"{stem}_frame.png", self.images_dir / f"{stem}_heatmap.png"
 
     def _enforce_quota(self) -> None:
         while self._stored_bytes > self.quota_bytes and self._stored:
