@@ -285,7 +285,7 @@ class OpcUaServer:
             await write_value(server, nodes, "Recipes.LastActivationError", str(exc))
             return ua.StatusCode(ua.StatusCodes.BadConfigurationError)
         await write_value(server, nodes, "Recipes.LastActivationError", "")
-        await write_value(server, nodes, "Recipes.ActiveRecipeId", recipe_id)
+        await self._refresh_status()  # ActiveRecipeId comes from the cell (which may switch at the next cycle)
         return []
 
     def _command(self, action: Callable[[], None]) -> Callable[..., Any]:
