@@ -13,6 +13,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 
 from okcell.edge.opcua.server import OpcUaServer
 from okcell.edge.result import InspectionResult
+from okcell.schema import ConfigError
 from opcua_support import DrivenCell, EventCollector, cell_node, connect, free_port, make_config, subscribe_results, var
 
 
@@ -249,5 +250,17 @@ def test_server_restarts_and_a_subscribed_client_reconnects(tmp_path: Path, capl
 
     try:
         asyncio.run(scenario())
+    finally:
+        cell.close()
+
+
+def test_port_in_use_is_a_clear_error(running_server: tuple[DrivenCell, OpcUaServer], tmp_path: Path) -> None:
+    _, server = running_server
+    assert server.port is not None
+    cell = DrivenCell(scripted_inspection)
+    second = OpcUaServer(make_config(tmp_path, server.port), cell)
+    try:
+        with pytest.raises(ConfigError, match=f"cannot listen on opc.tcp://127.0.0.1:{server.port}/okcell"):
+            second.start()
     finally:
         cell.close()
