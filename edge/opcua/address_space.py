@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from asyncua import Node, Server, ua
 from asyncua.common.structures104 import new_enum
@@ -89,7 +89,7 @@ class CellNodes:
         return self.variables[key].nodeid
 
 
-async def build_address_space(server: Server, namespace: str, handlers: dict[str, MethodHandler]) -> CellNodes:
+async def build_address_space(server: Server, namespace: str, handlers: Mapping[str, MethodHandler]) -> CellNodes:
     """Create types, the ``Cell`` object and its children; ``handlers`` holds Trigger, Start, Stop, Reset, ActivateRecipe."""
     idx = await server.register_namespace(namespace)
     decision_type = await new_enum(server, ua.NodeId("DecisionEnum", idx), ua.QualifiedName("DecisionEnum", idx), list(DECISIONS))

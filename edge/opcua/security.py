@@ -24,7 +24,8 @@ from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.common.utils import ServiceError
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from okcell.edge.opcua.config import OpcUaConfig, UserAccount
@@ -109,7 +110,7 @@ class TrustedClientValidator:
         try:
             await validator.validate(certificate, app_description)
         except ServiceError:
-            name = f"{_safe_name(app_description.ApplicationUri)}_{certificate.fingerprint(_sha1()).hex()[:12]}.der"
+            name = f"{_safe_name(app_description.ApplicationUri)}_{certificate.fingerprint(hashes.SHA256()).hex()[:12]}.der"
             (self._rejected_dir / name).write_bytes(certificate.public_bytes(Encoding.DER))
             log.warning(
                 "OPC UA client certificate of %s refused; to trust it move %s to %s",
@@ -176,8 +177,6 @@ def _certificate_fits(cert: x509.Certificate, app_uri: str) -> bool:
 
 
 def _load_key(path: Path) -> Any:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
     return load_pem_private_key(path.read_bytes(), password=None)
 
 
@@ -189,12 +188,6 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60] or "client"
-
-
-def _sha1() -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return hashes.SHA1()
 
 
 def main(argv: list[str] | None = None) -> int:
