@@ -62,6 +62,9 @@ class OpcUaServer:
 
     def start(self) -> None:
         """Start the server thread; return once the endpoint listens, or raise why it could not start."""
+        quiet = logging.getLogger("asyncua")
+        if quiet.level == logging.NOTSET:  # asyncua logs every call and session at INFO: too much for months of journal
+            quiet.setLevel(logging.WARNING)
         self._thread = threading.Thread(target=self._thread_main, name="opcua-server", daemon=True)
         self._thread.start()
         self._ready.wait()
