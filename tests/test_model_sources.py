@@ -156,7 +156,7 @@ def small_random_model(registers: int, swiglu: bool) -> Any:
     from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     torch.manual_seed(0)
-    common = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=56,
+    common: dict[str, Any] = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=56,
                   use_swiglu_ffn=swiglu, layerscale_value=0.5)
     if registers:
         return Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **common)).eval()
