@@ -163,8 +163,8 @@ class _FrameSlot:
         self.host: np.ndarray | None = None
         self.device: cuda.DeviceAllocation | None = None
 
-    def upload(self, image: np.ndarray, stream: cuda.Stream) -> tuple[int, int]:
-        """Copy ``image`` (any strides) to the device; returns (device pointer, row pitch in bytes)."""
+    def stage(self, image: np.ndarray) -> int:
+        """Copy ``image`` (any strides) into the page-locked buffer; returns its row pitch in bytes."""
         import pycuda.driver as cuda
 
         if image.nbytes > self.capacity:
@@ -172,11 +172,17 @@ class _FrameSlot:
             self.host = cuda.pagelocked_empty(image.nbytes, np.uint8)
             self.device = cuda.mem_alloc(image.nbytes)
             self.capacity = image.nbytes
+        assert self.host is not None
+        np.copyto(self.host[: image.nbytes].reshape(image.shape), image)
+        return image.shape[1] * (1 if image.ndim == 2 else image.shape[2])
+
+    def upload(self, nbytes: int, stream: cuda.Stream) -> int:
+        """Queue the copy of the staged bytes to the device; returns the device pointer."""
+        import pycuda.driver as cuda
+
         assert self.host is not None and self.device is not None
-        staged = self.host[: image.nbytes].reshape(image.shape)
-        np.copyto(staged, image)
-        cuda.memcpy_htod_async(self.device, staged, stream)
-        return int(self.device), image.shape[1] * (1 if image.ndim == 2 else image.shape[2])
+        cuda.memcpy_htod_async(self.device, self.host[:nbytes], stream)
+        return int(self.device)
 
     def free(self) -> None:
         if self.device is not None:
@@ -205,13 +211,20 @@ class GpuPreprocessor:
         self._kernel.prepare(PREPARED_ARGS)
         self._slots = [_FrameSlot() for _ in range(max_batch)]
 
-    def run(self, frames: Sequence[np.ndarray], dst: int, stream: cuda.Stream) -> None:
-        """Queue upload + kernel for each frame on ``stream``, writing sample i at ``dst + i * sample_bytes``."""
+    def stage(self, frames: Sequence[np.ndarray]) -> list[int]:
+        """Check the frames and copy them into the page-locked staging buffers; returns their row pitches."""
         if len(frames) > len(self._slots):
             raise ValueError(f"{len(frames)} frames exceed the batch capacity {len(self._slots)}")
-        for index, (image, slot) in enumerate(zip(frames, self._slots)):
+        for image in frames:
             check_frame(image)
-            src, pitch = slot.upload(image, stream)
+        return [slot.stage(image) for image, slot in zip(frames, self._slots)]
+
+    def run(self, frames: Sequence[np.ndarray], dst: int, stream: cuda.Stream) -> None:
+        """Stage, then queue upload + kernel for each frame on ``stream``, writing sample i at
+        ``dst + i * sample_bytes``. A captured CUDA graph replays the queued part after :meth:`stage`."""
+        pitches = self.stage(frames)
+        for index, (image, slot, pitch) in enumerate(zip(frames, self._slots, pitches)):
+            src = slot.upload(image.nbytes, stream)
             args = kernel_args(self.reference, image.shape, pitch)
             self._kernel.prepared_async_call(
                 args.grid(), BLOCK, stream,

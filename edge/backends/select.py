@@ -1,0 +1,82 @@
+"""Backend selection (config ``backend: auto|tensorrt|onnxruntime``).
+
+``auto`` takes TensorRT when an engine exists and the ``gpu`` extra (tensorrt + pycuda) imports, and otherwise
+ONNX Runtime with a one-line warning saying why. ``tensorrt`` asked for explicitly never falls back.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from okcell.edge.features import FeatureExtractor
+from okcell.export.engine_sidecar import default_engine_path
+from okcell.schema import ConfigError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+GPU_EXTRA_HINT = "install the gpu extra on the target: TensorRT from JetPack/NVIDIA (python3-libnvinfer) and `pip install pycuda`"
+
+
+def gpu_extra_missing() -> str | None:
+    """None when tensorrt and pycuda import here; otherwise what is missing, e.g. ``"pycuda (No module named ...)"``."""
+    missing = []
+    try:
+        import tensorrt
+
+        if not hasattr(tensorrt, "Builder"):  # tensorrt-stubs alone leave an empty namespace package
+            missing.append("tensorrt (only its type stubs are installed)")
+    except Exception as exc:  # ImportError, or OSError when libnvinfer is absent
+        missing.append(f"tensorrt ({exc})")
+    try:
+        import pycuda.driver  # noqa: F401
+    except Exception as exc:
+        missing.append(f"pycuda ({exc})")
+    return "; ".join(missing) or None
+
+
+def open_extractor(
+    onnx_path: Path | str, backend: str = "auto", engine_path: Path | str | None = None, threads: int | None = None
+) -> FeatureExtractor:
+    """The feature extractor for ``onnx_path``. ``engine_path`` defaults to ``MODEL.engine`` next to the ONNX;
+    ``threads`` applies to ONNX Runtime only."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
+    onnx_path = Path(onnx_path)
+    engine = Path(engine_path) if engine_path is not None else default_engine_path(onnx_path)
+    if backend == "onnxruntime":
+        return _onnxruntime(onnx_path, threads)
+    missing = gpu_extra_missing()
+    if backend == "tensorrt":
+        if missing:
+            raise ConfigError(f"backend 'tensorrt': missing {missing}; {GPU_EXTRA_HINT}")
+        if not engine.is_file():
+            raise ConfigError(
+                f"backend 'tensorrt': engine {engine} not found; build it on this machine: "
+                f"okcell build-engine {onnx_path} -o {engine}"
+            )
+        return _tensorrt(engine, onnx_path)
+    if not engine.is_file():
+        reason = f"no TensorRT engine at {engine} (build one with `okcell build-engine {onnx_path}`)"
+    elif missing:
+        reason = f"engine {engine.name} found but the gpu extra is missing: {missing}"
+    else:
+        try:
+            return _tensorrt(engine, onnx_path)
+        except ConfigError as exc:
+            reason = f"engine not usable: {exc}"
+    log.warning("backend auto: using ONNX Runtime (CPU): %s", " ".join(reason.split()))
+    return _onnxruntime(onnx_path, threads)
+
+
+def _onnxruntime(onnx_path: Path, threads: int | None) -> FeatureExtractor:
+    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+
+    return OnnxRuntimeExtractor(onnx_path, threads)
+
+
+def _tensorrt(engine: Path, onnx_path: Path) -> FeatureExtractor:
+    from okcell.edge.backends.tensorrt_backend import TensorRTExtractor
+
+    return TensorRTExtractor(engine, onnx_path)
