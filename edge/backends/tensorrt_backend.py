@@ -12,7 +12,7 @@ tokens and embedding, each L2-normalised, with the sidecar's patch grid.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -95,7 +95,7 @@ class TensorRTExtractor:
             self._events = [cuda.Event() for _ in range(3)]
             self._preprocess: GpuPreprocessor = GpuPreprocessor(self.sidecar, self._input.dtype, self.max_batch)
             self._batch_shape: int | None = None
-            self._graphs = _CudaGraphs() if cuda_graph else None
+            self._graphs = CudaGraphs() if cuda_graph else None
         finally:
             cuda.Context.pop()
 
@@ -161,11 +161,18 @@ class TensorRTExtractor:
         if self.dynamic_batch and batch != self._batch_shape:
             self._execution.set_input_shape(self._input.name, (batch, *self._input.shape))
             self._batch_shape = batch
-        if self._graphs is not None:
-            self._graphs.run(self, frames)
-        else:
-            self._enqueue(frames)
         start, preprocessed, done = self._events
+        if self._graphs is None:
+            self._enqueue(frames)
+        else:
+            self._preprocess.stage(frames)
+            start.record(self._stream)
+            preprocessed.record(self._stream)  # one launch: the whole cycle is reported as "backbone"
+            key = tuple(frame.shape for frame in frames)
+            if self._graphs.launch(key, self._stream.handle, lambda: self._enqueue(frames, timed=False)):
+                done.record(self._stream)
+            else:
+                self._enqueue(frames)
         done.synchronize()
         return (
             l2_normalise(self._patches.host[:batch]),
@@ -194,10 +201,12 @@ class TensorRTExtractor:
         self._context.detach()
 
 
-class _CudaGraphs:
-    """Captured cycles keyed by the frames' shapes; the first cycle of a key runs normally, the second captures.
+class CudaGraphs:
+    """Captured CUDA graphs keyed by the cycle's shapes: the first cycle of a key runs normally (TensorRT settles
+    shapes and lazy allocations outside a capture), the second is captured, every later one is a single launch.
 
-    Uses the CUDA runtime bindings of ``cuda-python`` (pycuda has no stream capture)."""
+    Uses the CUDA runtime bindings of ``cuda-python`` (pycuda has no stream capture). Host-side work (staging frames
+    into page-locked memory) is not part of a graph: the caller does it before each launch."""
 
     def __init__(self) -> None:
         try:
@@ -205,8 +214,8 @@ class _CudaGraphs:
         except ImportError:
             raise ConfigError("cuda_graph needs the cuda-python package (pip install cuda-python)") from None
         self._runtime: Any = runtime
-        self._seen: set[tuple[tuple[int, ...], ...]] = set()
-        self._graphs: dict[tuple[tuple[int, ...], ...], tuple[Any, Any]] = {}
+        self._seen: set[Hashable] = set()
+        self._graphs: dict[Hashable, tuple[Any, Any]] = {}
 
     def _check(self, result: Any) -> Any:
         error, *values = result if isinstance(result, tuple) else (result,)
@@ -214,26 +223,22 @@ class _CudaGraphs:
             raise RuntimeError(f"CUDA graph call failed: {self._runtime.cudaGetErrorString(error)[1].decode()}")
         return values[0] if len(values) == 1 else values
 
-    def run(self, extractor: TensorRTExtractor, frames: Sequence[np.ndarray]) -> None:
-        key = tuple(frame.shape for frame in frames)
-        stream = extractor._stream.handle
-        if key not in self._seen:  # warm-up: TensorRT settles shapes and lazy allocations outside a capture
+    def launch(self, key: Hashable, stream: int, enqueue: Callable[[], None]) -> bool:
+        """Launch the graph of ``key`` on ``stream`` (capturing ``enqueue`` first if needed) and return True; return
+        False, without queueing anything, the first time ``key`` is seen: the caller then runs the cycle itself."""
+        if key not in self._seen:
             self._seen.add(key)
-            extractor._enqueue(frames)
-            return
+            return False
         if key not in self._graphs:
             rt = self._runtime
             self._check(rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-            extractor._enqueue(frames, timed=False)
-            graph = self._check(rt.cudaStreamEndCapture(stream))
+            try:
+                enqueue()
+            finally:
+                graph = self._check(rt.cudaStreamEndCapture(stream))
             self._graphs[key] = (graph, self._check(rt.cudaGraphInstantiate(graph, 0)))
-        _, executable = self._graphs[key]
-        extractor._preprocess.stage(frames)
-        start, preprocessed, done = extractor._events
-        start.record(extractor._stream)
-        preprocessed.record(extractor._stream)  # one launch: the whole cycle is reported as "backbone"
-        self._check(self._runtime.cudaGraphLaunch(executable, stream))
-        done.record(extractor._stream)
+        self._check(self._runtime.cudaGraphLaunch(self._graphs[key][1], stream))
+        return True
 
     def close(self) -> None:
         for graph, executable in self._graphs.values():
