@@ -6,6 +6,7 @@ Resize/bicubic; layer selection, final LayerNorm, register/CLS removal, fusion a
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -121,9 +122,20 @@ def export_graph(graph: FeatureGraph, size: tuple[int, int], options: ExportOpti
     Opset 18+ uses torch's torch.export-based exporter; opset 17 (older consumers) the TorchScript exporter,
     since torch's op library starts at opset 18 and cannot down-convert this graph."""
     external = parameter_bytes(graph) > EXTERNAL_DATA_BYTES
+    exporter_log = logging.getLogger("torch.onnx")
+    log_level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes are irrelevant here
+    try:
+        return _trace(graph, size, options, onnx_path, external)
+    finally:
+        exporter_log.setLevel(log_level)
+
+
+def _trace(graph: FeatureGraph, size: tuple[int, int], options: ExportOptions, onnx_path: Path, external: bool) -> bool:
     inputs, outputs = ["pixel_values"], ["patch_tokens", "embedding"]
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export internals
         if options.opset == MIN_OPSET:
             axes = {name: {0: "batch"} for name in ("pixel_values", "patch_tokens", "embedding")}
             torch.onnx.export(
@@ -131,7 +143,9 @@ def export_graph(graph: FeatureGraph, size: tuple[int, int], options: ExportOpti
                 dynamic_axes=axes if options.dynamic_batch else None, do_constant_folding=True, input_names=inputs,
                 output_names=outputs,
             )
-            return external  # the TorchScript exporter writes external data by itself past 2 GiB
+            if external:
+                _gather_external_data(onnx_path)
+            return external
         batch = torch.export.Dim("batch", min=1, max=1024)
         program = torch.onnx.export(
             graph, (torch.zeros(2 if options.dynamic_batch else 1, 3, *size),), dynamo=True,
@@ -141,6 +155,19 @@ def export_graph(graph: FeatureGraph, size: tuple[int, int], options: ExportOpti
     assert program is not None
     program.save(str(onnx_path), external_data=external)
     return external
+
+
+def _gather_external_data(onnx_path: Path) -> None:
+    """Store all weights in one ``NAME.onnx.data`` beside the graph (the TorchScript exporter writes a file per
+    tensor past 2 GiB, and none below)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    for produced in onnx_path.parent.iterdir():
+        if produced != onnx_path:
+            produced.unlink()
+    onnx.save_model(model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=onnx_path.name + ".data", size_threshold=0)
 
 
 def check_graph(onnx_path: Path, options: ExportOptions) -> dict[str, Any]:
@@ -221,6 +248,9 @@ def export_model(
         if verify:
             progress("checking parity with PyTorch on scikit-image photos")
             extra["parity"] = check_parity(staged, backbone.model, sidecar, progress)
+        data_files = sorted(p for p in staging.iterdir() if p.name != out.name)
+        if data_files:  # weights beside the graph (> 2 GiB models): record their hashes too
+            extra["external_data_files"] = {p.name: sha256_file(p) for p in data_files}
         sidecar = replace(sidecar, onnx_sha256=sha256_file(staged), extra=extra)
         for produced in sorted(staging.iterdir(), key=lambda p: p.name == out.name):  # the .onnx last
             os.replace(produced, out.parent / produced.name)

@@ -143,3 +143,30 @@ def test_failed_parity_leaves_existing_model_untouched(
     assert (sha256_file(out), sidecar_path_for(out).read_text()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.onnx"]
     assert json.loads(sidecar_path_for(out).read_text())["input_size"] == [112, 112]
+
+
+@pytest.mark.parametrize("opset", [18, 17])
+def test_external_data_for_large_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opset: int) -> None:
+    """Models past the protobuf limit (ViT-g) keep weights in NAME.onnx.data; the threshold is lowered so a small
+    random DINOv2 with registers takes that path."""
+    import torch
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from okcell.export import onnx_export
+
+    torch.manual_seed(0)
+    config = Dinov2WithRegistersConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
+                                       image_size=518, num_register_tokens=4, attn_implementation="eager")
+    info = {"kind": "test", "name": "random", "path": "-", "hidden_size": 128, "num_layers": 2,
+            "num_register_tokens": 4}
+    backbone = LoadedBackbone(Dinov2WithRegistersModel(config).eval(), info)
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1000)
+    out = tmp_path / "big.onnx"
+    sidecar = export_model(backbone, ExportOptions(size=(112, 140), opset=opset), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.json", "big.onnx", "big.onnx.data"]
+    assert sidecar.extra["external_data"] and set(sidecar.extra["external_data_files"]) == {"big.onnx.data"}
+    assert sidecar.extra["external_data_files"]["big.onnx.data"] == sha256_file(tmp_path / "big.onnx.data")
+    assert sidecar.extra["parity"]["min_patch_cosine"] >= MIN_PATCH_COSINE
+    assert out.stat().st_size < 200_000 < (tmp_path / "big.onnx.data").stat().st_size
+    features = OnnxRuntimeExtractor(out).extract([data.astronaut()])
+    assert features.patches.shape == (1, 8 * 10, 128) and features.grid == (8, 10)
