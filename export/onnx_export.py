@@ -30,6 +30,8 @@ DEFAULT_OPSET = 18
 DEFAULT_SIZE = 448
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
 FUSIONS = ("concat", "mean")
+# the exporter's per-pass INFO lines and "torchvision is not installed" warnings; okcell prints its own progress
+QUIET_LOGGERS = ("torch.onnx", "onnx_ir", "onnxscript")
 
 
 @dataclass(frozen=True)
@@ -122,13 +124,15 @@ def export_graph(graph: FeatureGraph, size: tuple[int, int], options: ExportOpti
     Opset 18+ uses torch's torch.export-based exporter; opset 17 (older consumers) the TorchScript exporter,
     since torch's op library starts at opset 18 and cannot down-convert this graph."""
     external = parameter_bytes(graph) > EXTERNAL_DATA_BYTES
-    exporter_log = logging.getLogger("torch.onnx")
-    log_level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes are irrelevant here
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         return _trace(graph, size, options, onnx_path, external)
     finally:
-        exporter_log.setLevel(log_level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _trace(graph: FeatureGraph, size: tuple[int, int], options: ExportOptions, onnx_path: Path, external: bool) -> bool:
