@@ -142,7 +142,7 @@ def _logger() -> "trt.ILogger":
             trt.ILogger.__init__(self)
 
         def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            if severity <= trt.ILogger.Severity.WARNING:
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR, trt.ILogger.Severity.WARNING):
                 print(f"TensorRT {str(severity).rsplit('.', 1)[-1]}: {msg}", file=sys.stderr, flush=True)
 
     return BuildLogger()

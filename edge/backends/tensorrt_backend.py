@@ -96,8 +96,11 @@ class TensorRTExtractor:
             self._preprocess: GpuPreprocessor = GpuPreprocessor(self.sidecar, self._input.dtype, self.max_batch)
             self._batch_shape: int | None = None
             self._graphs = CudaGraphs() if cuda_graph else None
-        finally:
+        except BaseException:
             cuda.Context.pop()
+            self._context.detach()
+            raise
+        cuda.Context.pop()
 
     def _check_tensors(self) -> None:
         import tensorrt as trt
