@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         opt_level=args.opt_level,
         timing_cache=args.timing_cache or args.onnx.with_suffix(".timing-cache"),
         calib_images=args.calib_images,
-        calib_cache=args.calib_cache,
+        calib_cache=args.calib_cache or engine.with_suffix(".calib"),
         calib_batch=args.calib_batch,
         opt_batch=args.opt_batch,
         max_batch=args.max_batch,

@@ -208,12 +208,17 @@ def _keep_norms_fp32(network: "trt.INetworkDefinition") -> int:
 
 def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions) -> EngineSidecar:
     """Parse, build and write ``engine_path`` + its sidecar; the old engine is replaced only once the new one exists."""
-    import pycuda.driver as cuda
-    import tensorrt as trt
+    from okcell.edge.backends.select import GPU_EXTRA_HINT, gpu_extra_missing
 
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     model: ModelSidecar = load_verified(onnx_path)
     options.validate()
+    missing = gpu_extra_missing()
+    if missing:
+        raise ConfigError(f"building a TensorRT engine needs TensorRT and pycuda on this machine: missing {missing}; {GPU_EXTRA_HINT}")
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
     target = current_target()
     printer = ProgressPrinter()
     printer.line(f"{onnx_path.name} -> {engine_path.name}: {options.precision}, {target.describe()}", force=True)

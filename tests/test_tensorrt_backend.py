@@ -113,6 +113,15 @@ def test_build_engine_cli_refuses_bad_input_before_tensorrt(tmp_path: Path, caps
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(GPU_EXTRA_MISSING is None, reason="tensorrt and pycuda are installed here")
+def test_build_engine_cli_without_tensorrt_says_what_is_missing(model: Path) -> None:
+    """--int8 with only the default calibration cache (ENGINE.calib) passes the option checks; the build itself
+    then stops with a clear message instead of an ImportError."""
+    model.with_suffix(".calib").write_bytes(b"TRT-100300-EntropyCalibration2\n")
+    with pytest.raises(ConfigError, match=r"needs TensorRT and pycuda on this machine: missing .*pycuda"):
+        build_engine_cli([str(model), "--int8"])
+
+
 def test_l2_normalise_outputs_float32_unit_vectors() -> None:
     values = np.array([[3.0, 4.0], [0.0, 0.0]], np.float16)
     normalised = l2_normalise(values)
