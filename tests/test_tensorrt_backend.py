@@ -12,6 +12,8 @@ import argparse
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,18 @@ def test_build_engine_cli_without_tensorrt_says_what_is_missing(model: Path) -> 
     model.with_suffix(".calib").write_bytes(b"TRT-100300-EntropyCalibration2\n")
     with pytest.raises(ConfigError, match=r"needs TensorRT and pycuda on this machine: missing .*pycuda"):
         build_engine_cli([str(model), "--int8"])
+
+
+def test_tensorrt_modules_import_without_tensorrt_or_pycuda() -> None:
+    """The TensorRT/pycuda imports are lazy: a CPU machine (and `okcell run` with ONNX Runtime) never loads them."""
+    modules = [
+        "okcell.export.cli_build_engine", "okcell.export.tensorrt_build", "okcell.export.int8_calibration",
+        "okcell.export.engine_sidecar", "okcell.edge.backends.tensorrt_backend", "okcell.edge.backends.gpu_preprocess",
+        "okcell.edge.backends.select",
+    ]
+    code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'pycuda', 'cuda')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_l2_normalise_outputs_float32_unit_vectors() -> None:
