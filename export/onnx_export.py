@@ -209,13 +209,9 @@ def remove_quietly(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def export_model(
-    source: "str | Path | LoadedBackbone", options: ExportOptions, out: Path, verify: bool = True
-) -> ModelSidecar:
+def export_model(source: "str | Path | LoadedBackbone", options: ExportOptions, out: Path) -> ModelSidecar:
     """Export ``source`` to ``out`` (+ sidecar ``out.with_suffix('.json')``). Files only appear once the graph checks
-    and the parity check passed; an existing model at ``out`` is kept untouched on failure.
-
-    ``verify=False`` skips the parity run (for callers that check parity themselves)."""
+    and the parity check (ParityError) passed; an existing model at ``out`` is kept untouched on failure."""
     from okcell.export.parity import check_parity
     from okcell.export.sources import LoadedBackbone, load_backbone
 
@@ -248,10 +244,11 @@ def export_model(
             layers=layers, layer_fusion=options.fusion, dynamic_batch=options.dynamic_batch, opset=graph_info["opset"],
             model_source=backbone.source_info,
         )
-        extra: dict[str, Any] = {"external_data": external, "op_types": graph_info["op_types"]}
-        if verify:
-            progress("checking parity with PyTorch on scikit-image photos")
-            extra["parity"] = check_parity(staged, backbone.model, sidecar, progress)
+        progress("checking parity with PyTorch on scikit-image photos")
+        extra: dict[str, Any] = {
+            "external_data": external, "op_types": graph_info["op_types"],
+            "parity": check_parity(staged, backbone.model, sidecar, progress),
+        }
         data_files = sorted(p for p in staging.iterdir() if p.name != out.name)
         if data_files:  # weights beside the graph (> 2 GiB models): record their hashes too
             extra["external_data_files"] = {p.name: sha256_file(p) for p in data_files}
