@@ -88,7 +88,12 @@ def to_transformers4_names(model: Any) -> dict[str, torch.Tensor]:
                ("attention.v_proj", "attention.attention.value"), ("attention.o_proj", "attention.output.dense"))
     state = {}
     for key, value in model.state_dict().items():
-        for new, old in renames:
+        if ".mlp.up_proj." in key:
+            continue
+        if ".mlp.gate_proj." in key:  # 4.x keeps the SwiGLU input projection fused: gate rows, then up rows
+            up = model.state_dict()[key.replace("gate_proj", "up_proj")]
+            key, value = key.replace("gate_proj", "weights_in"), torch.cat([value, up], dim=0)
+        for new, old in renames + (("mlp.down_proj", "mlp.weights_out"),):
             key = key.replace(new, old)
         state[key] = value.clone()
     return state
@@ -138,6 +143,17 @@ def test_huggingface_hub_layout_with_transformers4_names(embedded: LoadedBackbon
     loaded = load_backbone(folder)
     pixels = photo_batch(224)
     assert torch.equal(hidden_state(loaded.model, pixels), hidden_state(embedded.model, pixels))
+
+
+def test_huggingface_hub_layout_swiglu_with_registers(tmp_path: Path) -> None:
+    model = small_random_model(2, True)
+    state = to_transformers4_names(model)
+    assert any(".mlp.weights_in." in key for key in state) and not any("q_proj" in key for key in state)
+    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    loaded = load_backbone(tmp_path)
+    pixels = photo_batch(112)
+    assert torch.allclose(hidden_state(loaded.model, pixels), hidden_state(model, pixels), atol=1e-6)
 
 
 def test_torchhub_state_dict_round_trip(embedded: LoadedBackbone, tmp_path: Path) -> None:
