@@ -78,14 +78,13 @@ def check_parity(
         if progress:
             progress(f"parity {name}: min patch cosine {patch_cosines[-1]:.6f}, embedding cosine "
                      f"{embedding_cosines[-1]:.6f}, max abs {max_abs:.2e}")
-    figures = {
-        "images": list(names),
-        "min_patch_cosine": float(np.min(patch_cosines)),  # np.min keeps NaN, so a NaN output fails below
-        "min_embedding_cosine": float(np.min(embedding_cosines)),
-    }
-    if not figures["min_patch_cosine"] >= MIN_PATCH_COSINE:
+    min_patch = float(np.min(patch_cosines))  # np.min keeps NaN, so a NaN output fails below
+    if not min_patch >= MIN_PATCH_COSINE:
         raise ParityError(
-            f"{onnx_path}: ONNX output differs from PyTorch: min patch-token cosine {figures['min_patch_cosine']:.6f} "
+            f"{onnx_path}: ONNX output differs from PyTorch: min patch-token cosine {min_patch:.6f} "
             f"< {MIN_PATCH_COSINE} — the export is broken; nothing was written"
         )
+    figures = {
+        "images": list(names), "min_patch_cosine": min_patch, "min_embedding_cosine": float(np.min(embedding_cosines))
+    }
     return figures

@@ -11,7 +11,6 @@ from okcell.export.sources.roles import config_from_roles, role_of_hf_key
 from okcell.schema import ConfigError
 
 if TYPE_CHECKING:
-    import onnx
     import torch
 
 PREFIX = "backbone."
@@ -24,7 +23,6 @@ _MATMUL_ROLES = {
     "attention/attention/query": "q", "attention/attention/key": "k", "attention/attention/value": "v",
     "attention/output/dense": "attn_out", "mlp/fc1": "fc1", "mlp/fc2": "fc2",
 }
-_FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
 def embedded_onnx_path() -> Path:
@@ -61,7 +59,6 @@ def read_embedded_tensors(path: Path) -> dict[str, "torch.Tensor"]:
     cls_pos = patch_pos = None
     for node in graph.node:
         anonymous = [i for i in node.input if i in initializers and not i.startswith(("backbone.", "decoder."))]
-        anonymous = [i for i in anonymous if initializers[i].data_type == _FLOAT and len(initializers[i].dims) > 1]
         if not anonymous or not node.name.startswith("/backbone/"):
             continue
         array = torch.from_numpy(numpy_helper.to_array(initializers[anonymous[0]]).copy())
