@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import resource
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,8 @@ def labelled_folders(folders: tuple[Path, ...], what: str, prefix: str = "") -> 
             raise ConfigError(f"{what} {folder}: holds no images (png, jpg, bmp, tif), neither directly nor in sub-folders")
         result.extend(subfolders)
     names = [name for name, _ in result]
+    if "OK" in names:
+        raise ConfigError(f"{what}: a folder named OK; the label OK is reserved for the --ok references, so rename it")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f"{what}: folder name(s) {', '.join(duplicates)} given twice; labels come from folder names, so rename one")
@@ -113,16 +117,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _say(message: str) -> None:
+    print(f"calibrate: {message}", file=sys.stderr, flush=True)
+
+
 def _fold_coresets(cache: FeatureCache, fold_of: np.ndarray, settings: CalibrationSettings) -> list[SequentialCoreset]:
     """One running coreset per fold, fed chunk by chunk from the cache; their union is the final bank."""
     dim = cache.shape[1]
     coresets = []
+    started = time.perf_counter()
     for fold in range(settings.folds):
         coreset = SequentialCoreset(dim, settings.coreset_ratio, settings.max_bank // settings.folds, seed=settings.seed)
         rows = np.flatnonzero(fold_of == fold)
         for start in range(0, len(rows), settings.chunk_images):
             coreset.add(cache.patches(rows[start : start + settings.chunk_images]).reshape(-1, dim))
         coresets.append(coreset)
+        _say(f"fold {fold + 1}/{settings.folds}: coreset of {len(coreset)} from {coreset.patches_seen} patches ({time.perf_counter() - started:.1f} s)")
     return coresets
 
 
@@ -141,6 +151,7 @@ def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[Se
         for start in range(0, len(rows), settings.chunk_images):
             chunk = rows[start : start + settings.chunk_images]
             scores[chunk] = scorer.score(cache.patches(chunk))[0]
+        _say(f"fold {fold + 1}/{settings.folds}: {len(rows)} held-out OK images scored against a bank of {len(bank)}")
     return scores
 
 
@@ -228,6 +239,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
                 "folds": settings.folds,
                 "nok_images": {name: len(paths) for name, paths in nok_groups},
                 "synthetic_images": {name: len(paths) for name, paths in synthetic_groups},
+                "backend": extractor.backend_name,
                 "peak_rss_mb": round(rss, 1),
             },
         })

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hnsw-ef-construction", type=int, default=IndexParams.ef_construction,
                         help=f"hnswlib ef_construction (default {IndexParams.ef_construction})")
     parser.add_argument("--hnsw-ef", type=int, default=IndexParams.ef, help=f"hnswlib search ef (default {IndexParams.ef})")
+    parser.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto",
+                        help="inference backend; calibrate with the one the cell runs (default auto: TensorRT if an engine exists)")
+    parser.add_argument("--engine", type=Path, default=None, help="TensorRT engine (default: MODEL.engine beside the ONNX)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch if the model allows (default 8)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and the index (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed for folds and projections (default 0)")
@@ -54,7 +57,7 @@ def print_summary(summary: CalibrationSummary) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from okcell.calibration.build import calibrate
-    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+    from okcell.edge.backends.select import open_extractor
 
     settings = CalibrationSettings(
         ok_dir=args.ok,
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     settings.validate()
-    extractor = OnnxRuntimeExtractor(args.model, threads=args.threads)
+    extractor = open_extractor(args.model, args.backend, args.engine, args.threads)
     try:
         summary = calibrate(extractor, args.model, settings, args.out, args.force)
     finally:

@@ -128,7 +128,7 @@ class FeatureCache:
         self._file.write(np.ascontiguousarray(features.patches, dtype=np.float16).tobytes())
         self._embeddings.extend(np.asarray(features.embedding, dtype=np.float32))
 
-    def patches(self, rows: Sequence[int]) -> np.ndarray:
+    def patches(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """(len(rows), N, C) float32 patch features of the given images."""
         out = np.empty((len(rows), *self.shape), dtype=np.float32)
         self._file.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "scoring": {"k": int, "aggregation": str, "decision": str},
     "bank": {"file": str, "sha256": str, "size": int, "coreset_ratio": float, "max_size": int, "patches_seen": int, "index": dict},
     "risk": {"threshold": float, "target_frr": float, "confidence": float, "frr": dict, "escape": (dict, type(None)), "recall": dict},
-    "calibration": {"ok_images": int, "folds": int, "nok_images": dict, "synthetic_images": dict, "peak_rss_mb": float},
+    "calibration": {"ok_images": int, "folds": int, "backend": str, "nok_images": dict, "synthetic_images": dict, "peak_rss_mb": float},
 }
 _LABELLED_KEYS: dict[str, type | tuple[type, ...]] = {"file": str, "sha256": str, "k": int, "counts": dict}
 
@@ -195,6 +196,8 @@ class Recipe:
             raise ConfigError(f"{source}: field 'scoring.aggregation' must be one of {', '.join(AGGREGATIONS)}, found {scoring['aggregation']!r}")
         if not 1 <= scoring["k"] <= bank["size"]:
             raise ConfigError(f"{source}: field 'scoring.k' must be between 1 and the bank size {bank['size']}, found {scoring['k']}")
+        if not math.isfinite(risk["threshold"]):
+            raise ConfigError(f"{source}: field 'risk.threshold' must be a finite number, found {risk['threshold']!r}")
         params = IndexParams.from_json(bank["index"], f"{source} [bank.index]")
         index = load_index(_verify_file(directory, bank, "bank"), sidecar.feature_dim, bank["size"], params)
         labelled = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -52,19 +52,25 @@ def render_report(ok_scores: np.ndarray, nok_scores: dict[str, np.ndarray], risk
         (name, np.asarray(s, float), _NOK_COLOURS[i % len(_NOK_COLOURS)]) for i, (name, s) in enumerate(nok_scores.items()) if len(s)
     ]
     every = np.concatenate([g[1] for g in groups] + [np.array([risk.threshold])])
-    low, high = float(every.min()), float(every.max())
-    # far-out NOK scores would squash the OK histogram: the axis ends at 3x the OK range, the rest goes to the last bin
-    limit = 3.0 * max(risk.threshold, float(groups[0][1].max()))
-    overflow = high > limit
-    high = min(high, limit)
-    pad = 0.05 * (high - low) if high > low else 0.01
-    low, high = max(0.0, low - pad), high + pad
-    edges = np.linspace(low, high, 41)
-    fractions = [np.histogram(np.minimum(scores, edges[-1]), edges)[0] / max(1, len(scores)) for _, scores, _ in groups]
+    positive = every[every > 0]
+    floor = float(positive.min()) if len(positive) else 1e-6
+    low, high = max(float(every.min()), floor), max(float(every.max()), floor * 1.01)
+    # NOK scores often lie orders of magnitude above the OK cluster: then the axis is logarithmic
+    log_axis = high / low > 8.0
+    forward: Callable[[np.ndarray], np.ndarray] = np.log10 if log_axis else np.asarray
+    lo, hi = float(forward(np.array(low))), float(forward(np.array(high)))
+    pad = 0.04 * (hi - lo) if hi > lo else 0.01
+    lo, hi = lo - pad, hi + pad
+    edges = np.linspace(lo, hi, 49)
+    fractions = [np.histogram(np.clip(forward(np.maximum(scores, floor)), lo, hi), edges)[0] / max(1, len(scores))
+                 for _, scores, _ in groups]
     peak = max(float(f.max()) for f in fractions) or 1.0
 
+    def x_at(position: float) -> int:
+        return int(round(left + (position - lo) / (hi - lo) * (right - left)))
+
     def x_of(value: float) -> int:
-        return int(round(left + (value - low) / (high - low) * (right - left)))
+        return x_at(float(forward(np.array(max(value, floor)))))
 
     def y_of(fraction: float) -> int:
         return int(round(bottom - fraction / peak * (bottom - top - 10)))
@@ -73,27 +79,29 @@ def render_report(ok_scores: np.ndarray, nok_scores: dict[str, np.ndarray], risk
         layer = canvas.copy()
         for i, value in enumerate(fraction):
             if value > 0:
-                cv2.rectangle(layer, (x_of(edges[i]) + 1, y_of(value)), (x_of(edges[i + 1]) - 1, bottom), colour, -1)
+                cv2.rectangle(layer, (x_at(edges[i]) + 1, y_of(value)), (x_at(edges[i + 1]) - 1, bottom), colour, -1)
         cv2.addWeighted(layer, 0.45, canvas, 0.55, 0, canvas)
         for i, value in enumerate(fraction):
             if value > 0:
-                cv2.rectangle(canvas, (x_of(edges[i]) + 1, y_of(value)), (x_of(edges[i + 1]) - 1, bottom), colour, 1)
+                cv2.rectangle(canvas, (x_at(edges[i]) + 1, y_of(value)), (x_at(edges[i + 1]) - 1, bottom), colour, 1)
     cv2.rectangle(canvas, (left, top), (right, bottom), (0, 0, 0), 1)
-    for tick in np.linspace(low, high, 6):
-        x = x_of(tick)
+    for position in np.linspace(lo, hi, 7):
+        x = x_at(position)
         cv2.line(canvas, (x, bottom), (x, bottom + 5), (0, 0, 0), 1)
-        _text(canvas, f"{tick:.3f}", (x - 22, bottom + 22), 0.45)
+        _text(canvas, f"{10 ** position if log_axis else position:.3g}", (x - 20, bottom + 22), 0.45)
     for tick in np.linspace(0, peak, 5):
         y = y_of(tick)
         cv2.line(canvas, (left - 5, y), (left, y), (0, 0, 0), 1)
         _text(canvas, f"{100 * tick:.0f}%", (left - 50, y + 5), 0.45)
-    axis_label = "image anomaly score" + (f" (last bin: {edges[-2]:.3f} and above)" if overflow else "")
+    axis_label = "image anomaly score" + (" (log scale)" if log_axis else "")
     _text(canvas, axis_label, (left + 10, bottom + 48), 0.55)
     _text(canvas, "share of folder", (8, top - 15), 0.5)
     tx = x_of(risk.threshold)
     for y in range(top, bottom, 12):
         cv2.line(canvas, (tx, y), (tx, min(y + 7, bottom)), _THRESHOLD_COLOUR, 2)
-    _text(canvas, f"threshold {risk.threshold:.4f}", (min(tx + 6, right - 150), top + 18), 0.5, _THRESHOLD_COLOUR)
+    label_x = min(tx + 6, right - 150)
+    cv2.rectangle(canvas, (label_x - 2, top + 3), (label_x + 140, top + 24), (255, 255, 255), -1)
+    _text(canvas, f"threshold {risk.threshold:.4f}", (label_x, top + 18), 0.5, _THRESHOLD_COLOUR)
 
     x0, y = right + 30, top + 5
     for line in header:
