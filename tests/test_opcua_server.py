@@ -230,6 +230,7 @@ def test_server_restarts_and_a_subscribed_client_reconnects(tmp_path: Path, capl
             await cell_obj.call_method(ua.QualifiedName("Trigger", idx), ua.Variant("before-restart"))
             await collector.wait_for(1)
             await asyncio.to_thread(first.stop)
+            assert not first.is_running, "the old server is gone even though the client reconnects at once"
             second = OpcUaServer(config, cell)
             await asyncio.to_thread(second.start)
             cell.sinks = [second]

@@ -100,6 +100,10 @@ class OpcUaServer:
                 return
 
     @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def endpoint_url(self) -> str:
         parsed = urlparse(self._config.endpoint)
         return parsed._replace(netloc=f"{parsed.hostname}:{self.port}").geturl()
@@ -164,7 +168,7 @@ class OpcUaServer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await server.stop()
+            await _close_server(server)
 
     async def _drain(self) -> None:
         """Publish what was handed over before stop() (bounded wait)."""
@@ -305,6 +309,20 @@ class OpcUaServer:
             return []
 
         return method
+
+
+async def _close_server(server: Server, timeout_s: float = 5.0) -> None:
+    """Stop listening first, then close sessions. (asyncua closes the connections before the listener, so a client
+    that reconnects at once lands on a server that is going away and keeps it from ever finishing.)"""
+    listener = getattr(server.bserver, "_server", None)
+    if listener is not None:
+        listener.close()
+    try:
+        await asyncio.wait_for(server.stop(), timeout_s)
+    except asyncio.TimeoutError:
+        log.warning("OPC UA server did not close its connections within %g s; dropping them", timeout_s)
+        for transport in list(server.iserver.asyncio_transports):
+            transport.abort()
 
 
 def _check_arguments(args: tuple[ua.Variant, ...], expected: list[ua.VariantType]) -> ua.CallMethodResult | ua.StatusCode | None:
