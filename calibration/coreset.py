@@ -32,15 +32,22 @@ class RandomProjection:
         return features if self.matrix is None else features @ self.matrix
 
 
-def min_sq_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """For each of (n, d) ``points`` the squared distance to the nearest of (m, d) ``centers``, in row blocks."""
-    result = np.empty(points.shape[0], dtype=np.float32)
+def nearest_centers(points: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For (n, d) ``points``: squared distance to, and index of, the nearest of (m, d) ``centers`` (row blocks)."""
+    min_sq = np.empty(points.shape[0], dtype=np.float32)
+    nearest = np.empty(points.shape[0], dtype=np.int64)
     center_norms = np.einsum("ij,ij->i", centers, centers)
     for start in range(0, points.shape[0], _BLOCK_ROWS):
         block = points[start : start + _BLOCK_ROWS]
         sq = np.einsum("ij,ij->i", block, block)[:, None] - 2.0 * (block @ centers.T) + center_norms[None, :]
-        result[start : start + _BLOCK_ROWS] = np.maximum(sq.min(axis=1), 0.0)
-    return result
+        nearest[start : start + _BLOCK_ROWS] = sq.argmin(axis=1)
+        min_sq[start : start + _BLOCK_ROWS] = np.maximum(sq.min(axis=1), 0.0)
+    return min_sq, nearest
+
+
+def min_sq_distances(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """For each of (n, d) ``points`` the squared distance to the nearest of (m, d) ``centers``."""
+    return nearest_centers(points, centers)[0]
 
 
 def coverage_radius(points: np.ndarray, centers: np.ndarray) -> float:
@@ -52,23 +59,42 @@ def greedy_kcenter(points: np.ndarray, count: int, seeds: np.ndarray | None = No
     """Indices of ``count`` points chosen greedily, each the point farthest from all chosen so far.
 
     ``seeds`` (m, d): centers already chosen (e.g. the running coreset); without seeds the search starts at
-    point ``first``. Returns the indices in selection order."""
+    point ``first``. Returns the indices in selection order. A new center c can only come closer to a point x
+    than x's current center a if |c - a| < 2 |x - a| (triangle inequality), so only those points are updated."""
     count = min(count, points.shape[0])
     if count <= 0:
         return np.zeros(0, dtype=np.int64)
     norms = np.einsum("ij,ij->i", points, points)
     chosen = np.empty(count, dtype=np.int64)
-    if seeds is not None and len(seeds):
-        min_sq = min_sq_distances(points, seeds)
-        start = 0
+    seeded = seeds is not None and len(seeds) > 0
+    centers = np.empty((count + (len(seeds) if seeds is not None and seeded else 0), points.shape[1]), dtype=np.float32)
+    if seeds is not None and seeded:
+        centers[: len(seeds)] = seeds
+        used, start = len(seeds), 0
+        min_sq, nearest = nearest_centers(points, seeds)
     else:
-        chosen[0] = first
-        min_sq = np.maximum(norms - 2.0 * (points @ points[first]) + norms[first], 0.0)
-        start = 1
+        chosen[0], centers[0] = first, points[first]
+        used, start = 1, 1
+        min_sq = np.maximum(norms - 2.0 * (points @ points[first]) + norms[first], 0.0).astype(np.float32)
+        nearest = np.zeros(points.shape[0], dtype=np.int64)
     for i in range(start, count):
         pick = int(np.argmax(min_sq))
         chosen[i] = pick
-        np.minimum(min_sq, np.maximum(norms - 2.0 * (points @ points[pick]) + norms[pick], 0.0), out=min_sq)
+        offsets = centers[:used] - points[pick]
+        center_sq = np.einsum("ij,ij->i", offsets, offsets)
+        candidates = np.flatnonzero(center_sq[nearest] < 4.0 * min_sq)
+        if 3 * len(candidates) > len(points):  # many points may move: one full pass is cheaper than gathering
+            sq = np.maximum(norms - 2.0 * (points @ points[pick]) + norms[pick], 0.0)
+            moved = np.flatnonzero(sq < min_sq)
+            moved_sq = sq[moved]
+        else:
+            sq = np.maximum(norms[candidates] - 2.0 * (points[candidates] @ points[pick]) + norms[pick], 0.0)
+            closer = sq < min_sq[candidates]
+            moved, moved_sq = candidates[closer], sq[closer]
+        min_sq[moved] = moved_sq
+        nearest[moved] = used
+        centers[used] = points[pick]
+        used += 1
     return chosen
 
 
