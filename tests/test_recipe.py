@@ -13,6 +13,7 @@ import pytest
 from okcell.calibration.labelled import LabelledEmbeddings
 from okcell.calibration.recipe import BANK_FILE, LABELLED_FILE, MANIFEST_FILE, Recipe, compute_recipe_id
 from okcell.edge.images import list_images, read_image
+from okcell.edge.roi import Roi
 from okcell.export.sidecar import ModelSidecar, load_verified
 from okcell.schema import ConfigError
 
@@ -136,3 +137,21 @@ def test_labelled_embeddings_vote_and_round_trip(demo_recipe: Path, tmp_path: Pa
     assert labelled.nearest_labels(labelled.embeddings[[0, first_nok]])[0] == "OK"
     with pytest.raises(ConfigError, match=rf"copy.npz: expected \(M, {sidecar.embedding_dim + 1}\) embeddings"):
         LabelledEmbeddings.load(tmp_path / "copy.npz", sidecar.embedding_dim + 1)
+
+
+def test_roi_parsing_and_crop() -> None:
+    roi = Roi.parse("10, 20, 30, 40")
+    assert (roi.x, roi.y, roi.width, roi.height) == (10, 20, 30, 40) and roi.size == (40, 30)
+    assert Roi.from_json(roi.to_json()) == roi
+    frame = np.arange(100 * 80, dtype=np.uint32).reshape(100, 80).astype(np.uint8)
+    assert np.array_equal(roi.crop(frame), frame[20:60, 10:40])
+    with pytest.raises(ValueError, match=r"ROI x=10 y=20 30x40 does not fit in a 35x100 px frame \(needs at least 40x60 px\)"):
+        roi.crop(frame[:, :35])
+    for text, message in (("1,2,3", "four integers"), ("a,b,c,d", "four integers"), ("-1,0,5,5", "must not be negative"),
+                          ("0,0,0,5", "must be positive")):
+        with pytest.raises(ConfigError, match=message):
+            Roi.parse(text)
+    with pytest.raises(ConfigError, match=r"manifest: expected \[x, y, width, height\]"):
+        Roi.from_json({"x": 1}, "manifest")
+    with pytest.raises(ConfigError, match="manifest: ROI field 'width' must be an integer"):
+        Roi.from_json([0, 0, 1.5, 2], "manifest")
