@@ -31,8 +31,18 @@ typecheck: venv
 test: typecheck
 	$(BIN)/python -m pytest
 
+# patch tokens from block 9 of 12: local features, so heatmaps mark the defect (the last block mixes in global context)
+DEMO_LAYERS ?= 9
+DEMO_MODEL := demo-models/dinov2_vits14_$(DEMO_SIZE).onnx
+
 demo: venv
-	@echo "demo: not wired yet"
+	test -f $(DEMO_MODEL) || $(BIN)/okcell export --size $(DEMO_SIZE) --layers $(DEMO_LAYERS) --out $(DEMO_MODEL)
+	$(BIN)/okcell demo-data --out demo-data
+	$(BIN)/okcell calibrate --model $(DEMO_MODEL) --ok demo-data/train/ok --nok demo-data/calib/nok \
+		--out demo-recipe --force
+	$(BIN)/okcell inspect demo-data/holdout --recipe demo-recipe --model $(DEMO_MODEL) \
+		--truth-from-folders --out demo-out
+	@echo "demo: overlays in demo-out/, hold-out score histogram demo-out/scores.png, report demo-recipe/report.png"
 
 clean:
 	rm -rf demo-data demo-models demo-recipe demo-out

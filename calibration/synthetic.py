@@ -84,7 +84,7 @@ def _draw_alpha(shape: tuple[int, int], draw: Callable[[np.ndarray, int], None],
     draw(canvas, SUPERSAMPLE)
     alpha = cv2.resize(canvas, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     if blur_px > 0:
-        alpha = cv2.GaussianBlur(alpha, (0, 0), blur_px)
+        return np.asarray(cv2.GaussianBlur(alpha, (0, 0), blur_px), dtype=np.float32)
     return alpha
 
 
@@ -216,8 +216,10 @@ def _hole(image: np.ndarray, rng: np.random.Generator, foreign: np.ndarray | Non
 
 def _procedural_material(shape: tuple[int, int], rng: np.random.Generator, channels: int) -> np.ndarray:
     """A fibrous/grainy foreign material (float, channels last) when no foreign image is given."""
-    grain = sum(_smooth_noise(shape, rng, cell_px=cell) / (i + 1) for i, cell in enumerate((12.0, 5.0, 2.0)))
-    grain = grain / grain.max()
+    grain = np.zeros(shape, np.float32)
+    for octave, cell in enumerate((12.0, 5.0, 2.0)):
+        grain += _smooth_noise(shape, rng, cell_px=cell) / (octave + 1)
+    grain /= grain.max()
     colour = rng.uniform(40, 220, size=3).astype(np.float32)
     if channels == 1:
         colour = colour[:1]
@@ -240,7 +242,8 @@ def _contamination(
         ]
         alpha = _draw_alpha(shape, _fill(blobs), blur_px=0.5 * scale)
         base = rng.uniform(10, 40) if rng.random() < 0.5 else rng.uniform(215, 245)
-        colour = _colour(image, tuple(float(np.clip(base + rng.normal(0, 10), 0, 255)) for _ in range(3)))
+        shade = np.clip(base + rng.normal(0, 10, size=3), 0, 255)
+        colour = _colour(image, (float(shade[0]), float(shade[1]), float(shade[2])))
         material = np.broadcast_to(colour, image.shape).astype(np.float32)
     elif detail == "fibre":
         points = _curve(rng, shape, rng.uniform(0.3, 0.5) * min(shape), bend=rng.uniform(0.1, 0.3), wiggles=3)
@@ -268,7 +271,7 @@ def _foreign_material(
         source = source[:, :, None]
     if source.shape[2] != channels:
         source = source.mean(axis=2, keepdims=True) if channels == 1 else np.repeat(source[:, :, :1], 3, axis=2)
-    source = cv2.resize(source, (width, height), interpolation=cv2.INTER_LINEAR)
+    source = np.asarray(cv2.resize(source, (width, height), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
     if source.ndim == 2:
         source = source[:, :, None]
     return source

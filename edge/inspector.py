@@ -1,0 +1,107 @@
+"""One frame in, one decision out: ROI crop -> features -> patch scores -> image score -> decision -> anomaly map.
+
+``Inspector.inspect`` never raises. A frame it cannot inspect (wrong bit depth, mono vs colour, smaller than the
+ROI) and any fault inside (backend, index, a non-finite score) give ``decision="ERROR"`` with the reason, so a
+fault can never let a part pass as OK.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from okcell.edge.features import FeatureExtractor
+from okcell.edge.heatmap import HEATMAP_SIGMA_PX, anomaly_map, overlay
+from okcell.edge.result import InspectionResult
+from okcell.edge.scoring import decide
+
+log = logging.getLogger(__name__)
+
+STAGES = ("preprocess", "backbone", "search", "heatmap", "total")
+
+
+class Inspector:
+    """Inspects frames with one feature extractor and one calibrated recipe
+    (:class:`okcell.calibration.recipe.Recipe`: ``roi``, ``threshold``, ``scorer``, ``labelled``, ``check_frame``)."""
+
+    def __init__(self, extractor: FeatureExtractor, recipe: Any, heatmap: bool = True,
+                 heatmap_sigma_px: float = HEATMAP_SIGMA_PX) -> None:
+        self.extractor = extractor
+        self.recipe = recipe
+        self.heatmap = heatmap
+        self.heatmap_sigma_px = heatmap_sigma_px
+
+    @property
+    def threshold(self) -> float:
+        return float(self.recipe.threshold)
+
+    def frame_problem(self, frame: object) -> str | None:
+        """Why ``frame`` cannot be inspected with this recipe, or None."""
+        if not isinstance(frame, np.ndarray):
+            return f"frame must be a numpy array, found {type(frame).__name__}"
+        if frame.dtype != np.uint8:
+            bits = frame.dtype.itemsize * 8
+            return f"{bits}-bit frame ({frame.dtype}); expected 8-bit (uint8) — set the camera to an 8-bit pixel format"
+        if frame.ndim == 3 and frame.shape[2] == 1:
+            frame = frame[:, :, 0]
+        if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3)) or frame.size == 0:
+            return f"frame of shape {frame.shape}; expected (H, W) mono or (H, W, 3) RGB"
+        try:
+            self.recipe.check_frame(frame)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def inspect(self, frame: np.ndarray) -> InspectionResult:
+        """Decide OK / NOK / ERROR for one frame (uint8 RGB or mono)."""
+        started = time.perf_counter()
+        try:
+            problem = self.frame_problem(frame)
+            if problem is not None:
+                return self._error(problem, started)
+            if frame.ndim == 3 and frame.shape[2] == 1:
+                frame = frame[:, :, 0]
+            return self._inspect(self.recipe.crop(frame), started)
+        except Exception as exc:  # a fault must give ERROR, never OK
+            log.exception("inspection failed")
+            return self._error(f"inspection failed: {type(exc).__name__}: {exc}", started)
+
+    def _inspect(self, crop: np.ndarray, started: float) -> InspectionResult:
+        features = self.extractor.extract([crop])
+        timings = {stage: float(features.timings_ms.get(stage, 0.0)) for stage in ("preprocess", "backbone")}
+        rows, cols = features.grid
+        if features.patches.shape[:2] != (1, rows * cols):
+            raise RuntimeError(f"backend returned patches {features.patches.shape}, expected (1, {rows * cols}, C)")
+        searched = time.perf_counter()
+        image_scores, patch_scores = self.recipe.scorer.score(features.patches)
+        score = float(image_scores[0])
+        if not math.isfinite(score) or not np.all(np.isfinite(patch_scores)):
+            raise RuntimeError(f"non-finite anomaly score {score} (backend produced NaN/Inf features)")
+        nearest = None
+        if self.recipe.labelled is not None:
+            nearest = self.recipe.labelled.nearest_label(features.embedding[0])
+        mapped = time.perf_counter()
+        timings["search"] = (mapped - searched) * 1e3
+        amap = anomaly_map(patch_scores[0].reshape(rows, cols), crop.shape[:2], self.heatmap_sigma_px) if self.heatmap else None
+        done = time.perf_counter()
+        timings["heatmap"] = (done - mapped) * 1e3
+        timings["total"] = (done - started) * 1e3
+        return InspectionResult(decision=decide(score, self.threshold), score=score, threshold=self.threshold,
+                                nearest_label=nearest, anomaly_map=amap, timings_ms=timings)
+
+    def _error(self, reason: str, started: float) -> InspectionResult:
+        return InspectionResult(decision="ERROR", score=None, threshold=self.threshold, error=reason,
+                                timings_ms={"total": (time.perf_counter() - started) * 1e3})
+
+    def overlay(self, frame: np.ndarray, result: InspectionResult, colormap: str = "turbo") -> np.ndarray:
+        """The colour heatmap overlay of ``result`` on ``frame`` (BGR uint8, for ``cv2.imwrite``)."""
+        roi = self.recipe.roi
+        box = None if roi is None else (roi.x, roi.y, roi.width, roi.height)
+        if frame.ndim == 3 and frame.shape[2] == 1:
+            frame = frame[:, :, 0]
+        return overlay(frame, result.anomaly_map, result.threshold, result.decision, result.score, roi=box,
+                       colormap=colormap, label=result.nearest_label)

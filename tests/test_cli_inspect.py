@@ -1,0 +1,87 @@
+"""`okcell inspect` on real files: per-image lines, bad files, JSON lines, overlays, truth from folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from okcell.edge.cli import main
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(demo_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two good OK images, one NOK, a corrupt file, a 16-bit and a mono image, in sub-folders."""
+    root = tmp_path_factory.mktemp("inspect-input")
+    oks = sorted((demo_images / "holdout" / "ok").glob("*.png"))[:2]
+    (root / "line" / "ok").mkdir(parents=True)
+    for path in oks:
+        shutil.copy(path, root / "line" / "ok" / path.name)
+    (root / "line" / "nok").mkdir()
+    shutil.copy(next((demo_images / "holdout" / "nok" / "hole").glob("*.png")), root / "line" / "nok" / "hole.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    deep = cv2.imread(str(oks[0]), cv2.IMREAD_UNCHANGED).astype(np.uint16) * 257
+    cv2.imwrite(str(root / "deep16.png"), deep)
+    cv2.imwrite(str(root / "mono.png"), cv2.imread(str(oks[0]), cv2.IMREAD_GRAYSCALE))
+    return root
+
+
+def test_json_lines_and_per_image_errors(mixed_folder: Path, exported_model: Path, demo_recipe: Path,
+                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "overlays"
+    code = main(["inspect", str(mixed_folder), "--recipe", str(demo_recipe), "--model", str(exported_model),
+                 "--json", "--out", str(out), "--threads", "2"])
+    assert code == 1  # some images errored
+    records = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert len(records) == 6
+    for name in ("broken.png", "deep16.png", "mono.png"):
+        record = records[name]
+        assert record["decision"] == "ERROR" and record["score"] is None
+    assert "broken.png" in records["broken.png"]["error"] and "not a readable image" in records["broken.png"]["error"]
+    assert "16-bit" in records["deep16.png"]["error"]
+    assert "mono" in records["mono.png"]["error"]
+    good = [r for r in records.values() if r["decision"] != "ERROR"]
+    assert len(good) == 3
+    for record in good:
+        assert isinstance(record["score"], float) and isinstance(record["threshold"], float)
+        assert set(record["timings_ms"]) == {"preprocess", "backbone", "search", "heatmap", "total"}
+        assert "nearest_label" in record and "error" not in record
+    assert records["hole.png"]["decision"] == "NOK"
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    # overlays mirror the input tree; the mono frame (readable, refused by the recipe) gets one too
+    assert {"line/ok/" + n for n in [k for k in records if k.startswith("ok_")]} <= set(written)
+    assert "line/nok/hole.png" in written and "mono.png" in written and "broken.png" not in written
+    assert cv2.imread(str(out / "line" / "nok" / "hole.png")).shape == (256, 256, 3)
+
+
+def test_truth_from_folders_prints_confusion_and_auroc(demo_images: Path, exported_model: Path, demo_recipe: Path,
+                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["inspect", str(demo_images / "holdout"), "--recipe", str(demo_recipe), "--model", str(exported_model),
+                 "--truth-from-folders", "--out", str(tmp_path / "out")])
+    text = capsys.readouterr().out
+    assert code == 0
+    lines = text.splitlines()
+    assert sum(line.startswith(("OK ", "NOK ")) for line in lines) == 14
+    assert "confusion" in text and "NOK:scratch" in text and "false-reject rate" in text and "escape rate" in text
+    value = float(next(line for line in lines if line.startswith("image AUROC")).split()[-1])
+    assert 0.9 <= value <= 1.0
+    assert cv2.imread(str(tmp_path / "out" / "scores.png")) is not None
+
+
+def test_out_inside_the_input_is_refused(demo_images: Path, exported_model: Path, demo_recipe: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    target = demo_images / "holdout" / "overlays"
+    code = main(["inspect", str(demo_images / "holdout"), "--recipe", str(demo_recipe), "--model", str(exported_model),
+                 "--out", str(target)])
+    assert code == 2 and "inside the inspected folder" in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_missing_path_is_named(exported_model: Path, demo_recipe: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["inspect", str(tmp_path / "nothing.png"), "--recipe", str(demo_recipe), "--model", str(exported_model)])
+    assert code == 2 and "nothing.png: no such file or folder" in capsys.readouterr().err
