@@ -76,10 +76,11 @@ def test_existing_recipe_is_never_lost(exported_model: Path, mono_set: Path, dem
     assert _tree(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nok", "recipe"]
 
-    assert _calibrate(exported_model, mono_set / "ok", out, "--force") == 0
+    assert _calibrate(exported_model, mono_set / "ok", out, "--synthetic", str(mono_set / "nok"), "--force") == 0
     replaced = json.loads((out / MANIFEST_FILE).read_text())
     assert replaced["recipe_id"] != json.loads(before[MANIFEST_FILE])["recipe_id"] and replaced["input"]["channels"] == "mono"
-    assert replaced["labelled"]["counts"] == {"OK": 12} and replaced["risk"]["escape"] is None
+    assert replaced["labelled"]["counts"] == {"OK": 12, "synthetic:hole": 2, "synthetic:scratch": 2}
+    assert replaced["risk"]["escape"] is None  # synthetic references label, they do not count as escapes
 
     other = tmp_path / "notes"
     other.mkdir()
