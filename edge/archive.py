@@ -66,7 +66,8 @@ class ResultArchive:
         self.images_skipped = 0
         self.images_deleted = 0
         self._db: sqlite3.Connection | None = None
-        self._images: queue.Queue[CellResult | None] = queue.Queue(maxsize=_IMAGE_QUEUE_DEPTH)
+        # (result, frame): the writer keeps its own reference to the frame (the service drops result.frame after publish)
+        self._images: queue.Queue[tuple[CellResult, np.ndarray] | None] = queue.Queue(maxsize=_IMAGE_QUEUE_DEPTH)
         self._writer: threading.Thread | None = None
         self._ok_seen = 0
         self._stored: list[tuple[int, list[Path], int]] = []  # (cycle, files, bytes), oldest first
@@ -145,7 +146,7 @@ class ResultArchive:
             if result.inspection.anomaly_map is not None and self.overlay is not None:
                 result.heatmap_path = str(self._image_paths(result)[1])  # known now, so sinks can publish it
             try:
-                self._images.put_nowait(result)
+                self._images.put_nowait((result, result.frame))
             except queue.Full:
                 self.images_skipped += 1
 
@@ -168,17 +169,16 @@ class ResultArchive:
         return self.ok_sample_every > 0 and self._ok_seen % self.ok_sample_every == 0
 
     def _write_images(self) -> None:
-        while (result := self._images.get()) is not None:
+        while (item := self._images.get()) is not None:
+            result, frame = item
             try:
-                self._store(result)
+                self._store(result, frame)
             except Exception:  # a full or failing disk must not stop the cell
                 log.exception("archive: images of cycle %d not written", result.cycle)
                 self.images_skipped += 1
 
-    def _store(self, result: CellResult) -> None:
-        assert result.frame is not None
+    def _store(self, result: CellResult, frame: np.ndarray) -> None:
         frame_path, planned_heatmap = self._image_paths(result)
-        frame = result.frame
         _write_png(frame_path, frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         files = [frame_path]
         heatmap_path = None
