@@ -15,6 +15,7 @@ from asyncua.common.callback import CallbackType
 
 from okcell.edge.opcua.config import parse_opcua_config
 from okcell.edge.opcua.plc_client import PlcClientSink
+from okcell.edge.opcua.security import ensure_server_certificate
 from okcell.edge.result import CellResult, InspectionResult
 from opcua_support import PASSWORD_HASH, free_port
 
@@ -32,8 +33,9 @@ PLC_NODES = {  # field -> (identifier, PLC data type)
 class FakePlcServer:
     """A real asyncua server in its own thread with writable variables in namespace 2, like a PLC's DB."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, pki_dir: Path | None = None) -> None:
         self.port = port
+        self.pki_dir = pki_dir  # given: Basic256Sha256 SignAndEncrypt only, with a certificate kept there
         self.values: dict[str, object] = {}
         self.write_order: list[str] = []
         self.result_ids: list[object] = []
@@ -56,7 +58,15 @@ class FakePlcServer:
         server = Server()
         await server.init()
         server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/plc")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.pki_dir is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            await server.set_application_uri("urn:test:plc-server")
+            cert, key = ensure_server_certificate(self.pki_dir, "urn:test:plc-server")
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+            server.set_identity_tokens([ua.UserNameIdentityToken])
         idx = await server.register_namespace("urn:test:plc")
         folder = await server.nodes.objects.add_object(idx, "Vision")
         nodes = {}
@@ -129,6 +139,35 @@ def test_results_are_written_typed_and_survive_a_plc_restart(tmp_path: Path, cap
         assert sink.reconnects >= 1 and sink.dropped == 0 and sink.pending() == 0
         assert plc.values["part_id"] == "part-4" and plc.values["decision"] == 0 and plc.values["ok"] is True
         assert sink.written == 4
+    finally:
+        sink.stop()
+        plc.stop()
+
+
+def test_secure_plc_connection_with_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.CRITICAL, logger="asyncua")
+    monkeypatch.setenv("OKCELL_TEST_PLC_PASSWORD", "plc-secret")
+    port = free_port()
+    plc = FakePlcServer(port, tmp_path / "plc-pki").start()
+    section = {
+        "users": [{"name": "plc", "password_hash": PASSWORD_HASH}],
+        "plc_client": {
+            "endpoint": f"opc.tcp://127.0.0.1:{port}/plc",
+            "security": "Basic256Sha256_SignAndEncrypt",
+            "username": "vision",
+            "password_env": "OKCELL_TEST_PLC_PASSWORD",
+            "nodes": {"result_id": "ns=2;s=Vision.ResultId", "score": "ns=2;s=Vision.Score"},
+        },
+    }
+    config = parse_opcua_config(section, "cell.yaml", tmp_path / "state")
+    assert config.plc_client is not None
+    sink = PlcClientSink(config.plc_client, config)
+    sink.start()
+    try:
+        sink.publish(result(7, "NOK"))
+        wait_for(lambda: plc.values.get("result_id") == 7)
+        assert plc.values["score"] == pytest.approx(1.75)
+        assert (config.pki_dir / "server_cert.der").is_file(), "the cell's own certificate identifies it to the PLC"
     finally:
         sink.stop()
         plc.stop()
