@@ -265,3 +265,11 @@ def test_port_in_use_is_a_clear_error(running_server: tuple[DrivenCell, OpcUaSer
             second.start()
     finally:
         cell.close()
+
+
+def test_anonymous_is_refused_when_not_enabled(running_server: tuple[DrivenCell, OpcUaServer], caplog: pytest.LogCaptureFixture) -> None:
+    _, server = running_server
+    caplog.set_level(logging.CRITICAL, logger="asyncua")
+    with pytest.raises(UaStatusCodeError) as caught:
+        asyncio.run(connect(server.endpoint_url, user=None, password=None))
+    assert caught.value.code == ua.StatusCodes.BadIdentityTokenRejected
