@@ -57,6 +57,7 @@ class OpcUaServer:
         self._nodes: CellNodes | None = None
         self._counter = 0
         self.port: int | None = None  # the bound port (useful with port 0)
+        self.dropped = 0  # results not published because the server had stopped
 
     # --- ResultSink -------------------------------------------------------------------------------------------
 
@@ -74,6 +75,9 @@ class OpcUaServer:
 
     def publish(self, result: CellResult) -> None:
         """Thread-safe and non-blocking: build the flat record and queue it; the server loop does the rest."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.dropped += 1  # the server died (logged): do not let results pile up for months
+            return
         self._handoff.put(ResultRecord.from_cell_result(result))
 
     def stop(self) -> None:
@@ -170,13 +174,13 @@ class OpcUaServer:
             await asyncio.gather(*tasks, return_exceptions=True)
             await _close_server(server)
 
-    async def _drain(self) -> None:
+    async def _drain(self, timeout_s: float = 2.0) -> None:
         """Publish what was handed over before stop() (bounded wait)."""
         assert self._queue is not None
-        for _ in range(200):
-            if self._queue.empty():
-                return
-            await asyncio.sleep(0.01)
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("OPC UA: %d results not published at stop", self._queue.qsize())
 
     async def _publisher(self, event: Any) -> None:
         assert self._queue is not None
@@ -186,6 +190,8 @@ class OpcUaServer:
                 await self._publish_record(record, event)
             except Exception:
                 log.exception("OPC UA: publishing result %d failed", record.result_id)
+            finally:
+                self._queue.task_done()
 
     async def _publish_record(self, record: ResultRecord, event: Any) -> None:
         server, nodes = self._server, self._nodes
