@@ -31,7 +31,8 @@ class SdNotifier:
         if self._socket is None or self.address is None:
             return False
         try:
-            self._socket.sendto("\n".join(assignments).encode(), self.address)
+            # never block the cell: if the manager does not read (queue full), this message is dropped
+            self._socket.sendto("\n".join(assignments).encode(), socket.MSG_DONTWAIT, self.address)
         except OSError as exc:
             log.debug("sd_notify to %r failed: %s", self.address, exc)
             return False

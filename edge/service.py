@@ -96,7 +96,7 @@ class CellService:
         self._triggers: queue.Queue[Any] = queue.Queue(maxsize=_TRIGGER_BACKLOG)
         self._frames: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._results: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._late_errors: deque[CellResult] = deque()
+        self._late_errors: deque[tuple[CellResult, float]] = deque()
         self._pending_part_ids: deque[str] = deque()
         self._heartbeats = {stage: StageHeartbeat(stage, config.watchdog.budgets_s[stage]) for stage in STAGES}
         self._generation = {stage: 0 for stage in STAGES}
@@ -449,6 +449,7 @@ class CellService:
     def _outputs_loop(self, generation: int, restarted: bool) -> None:
         heartbeat = self._heartbeats["outputs"]
         while self._current("outputs", generation):
+            item: Any
             if self._late_errors:
                 item = self._late_errors.popleft()
             else:
@@ -458,9 +459,11 @@ class CellService:
                     continue
             if item is STOP:
                 while self._late_errors:
-                    self._publish(*self._late_errors.popleft(), heartbeat=heartbeat)
+                    result, started = self._late_errors.popleft()
+                    self._publish(result, started, heartbeat)
                 return
-            self._publish(*item, heartbeat=heartbeat)
+            result, started = item
+            self._publish(result, started, heartbeat)
 
     def _publish(self, result: CellResult, started: float, heartbeat: StageHeartbeat) -> None:
         with self._done_lock:
@@ -498,25 +501,34 @@ class CellService:
         """Open the recipe in ``recipe_dir`` and the model (unless ``extractor`` is given: a recipe switch keeps the
         running model). Raises ConfigError naming the file if either is bad."""
         from okcell.calibration.recipe import Recipe
-        from okcell.edge.backends.select import open_extractor
         from okcell.edge.inspector import Inspector
         from okcell.export.sidecar import load_verified
 
         model = self.config.model
         sidecar = load_verified(model.onnx)
-        recipe = Recipe.load(recipe_dir, sidecar)
+        recipe = Recipe.load(recipe_dir, sidecar, threads=model.threads or -1)
         if extractor is None:
-            extractor = open_extractor(model.onnx, backend=model.backend, engine_path=model.engine,
-                                       threads=model.threads)
+            extractor = self._open_extractor()
         return Inspection(Inspector(extractor, recipe), recipe, Path(recipe_dir), extractor)
 
+    def _open_extractor(self) -> Any:
+        model = self.config.model
+        if model.backend == "onnxruntime":
+            from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+
+            return OnnxRuntimeExtractor(model.onnx, threads=model.threads)
+        from okcell.edge.backends.select import open_extractor
+
+        return open_extractor(model.onnx, backend=model.backend, engine_path=model.engine, threads=model.threads)
+
     def _warm_up(self, inspection: Inspection) -> None:
-        """One inference on a grey frame covering the ROI (or the model input); an ERROR here fails startup."""
-        height, width = inspection.extractor.sidecar.input_size
-        roi = inspection.recipe.roi
-        if roi is not None:
-            height, width = roi.y + roi.height, roi.x + roi.width
-        outcome = inspection.inspector.inspect(np.full((height, width, 3), 128, np.uint8))
+        """One inference on a grey frame of the recipe's size and channels; an ERROR here fails startup."""
+        recipe = inspection.recipe
+        height, width = recipe.image_size
+        if recipe.roi is not None:
+            height, width = recipe.roi.y + recipe.roi.height, recipe.roi.x + recipe.roi.width
+        shape = (height, width) if recipe.channels == "mono" else (height, width, 3)
+        outcome = inspection.inspector.inspect(np.full(shape, 128, np.uint8))
         if outcome.decision == "ERROR":
             raise ConfigError(f"{inspection.recipe_dir}: warm-up inference failed: {outcome.error}")
 

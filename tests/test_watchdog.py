@@ -108,3 +108,12 @@ def test_unhealthy_status_withholds_watchdog(tmp_path: Path):
     healthy["value"] = False
     assert not watchdog.check().healthy
     assert listener.messages() == ["WATCHDOG=1\nSTATUS=camera reconnecting", "STATUS=camera reconnecting"]
+
+
+def test_notify_never_blocks_when_nobody_reads(tmp_path: Path):
+    listener = NotifySocket(str(tmp_path / "notify.sock"))  # bound but never read: its queue fills up
+    notifier = SdNotifier(listener.address)
+    started = time.monotonic()
+    sent = [notifier.status(f"cycle {i}") for i in range(200)]
+    assert time.monotonic() - started < 5.0, "sd_notify blocked the caller"
+    assert sent[0] and not all(sent)  # the first ones queued, the rest were dropped instead of blocking

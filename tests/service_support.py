@@ -1,0 +1,113 @@
+"""Helpers for the cell-service tests: cell.yaml writing, a notify-socket listener, a viky-calibrated mono recipe."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import yaml
+
+from okcell.edge.cell_config import CellConfig, load_cell_config
+
+VIKY = Path(importlib.util.find_spec("genicam").submodule_search_locations[0]) / "viky.cti"
+FRAME_SIZE = 256  # demo_recipe is calibrated on 256x256 colour images; viky is set to the same size
+
+
+def viky_camera(pixel_format: str, serial: str = "1") -> dict[str, Any]:
+    return {
+        "producers": [str(VIKY)],
+        "device": {"serial_number": serial},
+        "features": [{"PixelFormat": pixel_format}, {"Width": FRAME_SIZE}, {"Height": FRAME_SIZE},
+                     {"name": "ExposureTime", "value": 2000.0, "optional": True}],
+        "num_buffers": 4,
+    }
+
+
+def write_cell_config(directory: Path, model: Path, recipe: Path, source: dict[str, Any], mode: str,
+                      **extra: Any) -> CellConfig:
+    directory.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {
+        "name": "test-cell",
+        "model": {"onnx": str(model), "backend": "onnxruntime", "threads": 2},
+        "recipe": str(recipe),
+        "trigger": {"mode": mode, "timeout_s": 2.0},
+        "archive": {"directory": str(directory / "archive")},
+        **source,
+        **extra,
+    }
+    path = directory / "cell.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_cell_config(path)
+
+
+class NotifyListener:
+    """A datagram socket bound where systemd's notify socket would be; a thread reads it like systemd does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self._messages: list[str] = []
+        self._read = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self.sock.recv(4096).decode()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._messages.append(message)
+
+    def poll(self, wait_s: float = 0.0) -> list[str]:
+        """Messages that arrived since the last poll (after waiting ``wait_s``)."""
+        time.sleep(wait_s)
+        time.sleep(0.1)  # let the reader thread catch up with datagrams already sent
+        with self._lock:
+            new = self._messages[self._read:]
+            self._read = len(self._messages)
+        return new
+
+    @property
+    def all(self) -> list[str]:
+        with self._lock:
+            return list(self._messages)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def capture_viky_frames(out: Path, pixel_format: str, count: int) -> Path:
+    """Save ``count`` viky frames (every 3rd, so the ball has moved) as PNG reference images."""
+    from okcell.edge.acquisition.camera_features import FeatureSetting
+    from okcell.edge.acquisition.harvester_source import CameraSettings, HarvesterSource
+
+    out.mkdir(parents=True)
+    settings = CameraSettings([VIKY], {"serial_number": "2"},
+                              [FeatureSetting("PixelFormat", pixel_format), FeatureSetting("Width", FRAME_SIZE),
+                               FeatureSetting("Height", FRAME_SIZE)], trigger_mode="software")
+    source = HarvesterSource(settings)
+    source.open()
+    try:
+        for index in range(count):
+            for _ in range(3):
+                frame = source.grab("", 2.0)
+            image = frame.image if frame.image.ndim == 2 else cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+            cv2.imwrite(str(out / f"viky_{index:03d}.png"), image)
+    finally:
+        source.close()
+    return out
