@@ -58,6 +58,7 @@ class OpcUaServer:
         self._counter = 0
         self.port: int | None = None  # the bound port (useful with port 0)
         self.dropped = 0  # results not published because the server had stopped
+        self._server_gone = False  # a plain flag: publish() must not touch locks
 
     # --- ResultSink -------------------------------------------------------------------------------------------
 
@@ -75,7 +76,7 @@ class OpcUaServer:
 
     def publish(self, result: CellResult) -> None:
         """Thread-safe and non-blocking: build the flat record and queue it; the server loop does the rest."""
-        if self._thread is not None and not self._thread.is_alive():
+        if self._server_gone:
             self.dropped += 1  # the server died (logged): do not let results pile up for months
             return
         self._handoff.put(ResultRecord.from_cell_result(result))
@@ -124,6 +125,7 @@ class OpcUaServer:
             else:
                 log.exception("OPC UA server stopped with an error")
         finally:
+            self._server_gone = True
             self._ready.set()
 
     async def _main(self) -> None:
