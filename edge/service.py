@@ -259,6 +259,9 @@ class CellService:
         return True
 
     def _health_text(self) -> tuple[bool, str]:
+        if (self.state == "Error" and self.error_text.startswith("stage ") and self.watchdog.gave_up is None
+                and not any(self.watchdog.attempts.values())):
+            self.state, self.error_text = "Operational", ""  # the restarted stage works again
         p99 = self.timings.percentile("cycle", 99)
         counts = self.counts
         camera = "connected" if self.source.stats.connected else "reconnecting"
