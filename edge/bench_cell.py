@@ -119,10 +119,12 @@ def run(args: argparse.Namespace) -> int:
 
 def wait_cycles(service: Any, cycles: int, progress: bool = False) -> None:
     target = service.cycle + cycles
+    shown = -1
     while service.cycle < target:
         time.sleep(0.2)
-        if progress:
-            done = cycles - (target - service.cycle)
+        done = min(cycles, cycles - (target - service.cycle))
+        if progress and done // 10 != shown:
+            shown = done // 10
             print(f"\rbench cell: {done}/{cycles} cycles", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)

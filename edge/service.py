@@ -293,6 +293,7 @@ class CellService:
         if restarted and not self._reconnect("restart after a stall", generation):
             return
         software = self.source.trigger_mode == "software"
+        free_run = self.source.trigger_mode == "free_run"
         while self._current("acquisition", generation):
             if software:
                 try:
@@ -304,8 +305,8 @@ class CellService:
             else:
                 if self._stopping.is_set():
                     break
-                while self._frames.full() and not self._stopping.is_set():
-                    time.sleep(0.002)  # free run: grab only when inference can take it (newest wins)
+                while free_run and self._inference_busy() and not self._stopping.is_set():
+                    time.sleep(0.002)  # grab when inference can start on it at once: newest frame, least latency
                 job = None
             heartbeat.begin()
             self._in_flight["acquisition"] = job
@@ -324,6 +325,9 @@ class CellService:
         if self._current("acquisition", generation):
             self._frames.put(STOP)
 
+    def _inference_busy(self) -> bool:
+        return not self._frames.empty() or self._heartbeats["inference"].busy_since is not None
+
     def _acquire(self, job: Job | None) -> tuple[Job | None, str | None]:
         """Grab the frame for a software trigger (job given) or the next self-triggered frame (job None)."""
         timeout = self.config.trigger.timeout_s
@@ -338,7 +342,9 @@ class CellService:
             if job is not None:
                 job.error = f"camera lost: {exc}"
             return job, str(exc)
-        if job is None:
+        if job is not None:
+            job.timings_ms["acquire"] = (frame.arrival_monotonic - job.trigger_monotonic) * 1000.0
+        else:
             with self._cycle_lock:
                 self._cycle += 1
                 cycle = self._cycle
@@ -346,7 +352,6 @@ class CellService:
             frame.part_id = part
             job = Job(cycle, part, frame.trigger_time, trigger_monotonic=frame.arrival_monotonic)
         job.frame = frame
-        job.timings_ms["acquire"] = (frame.arrival_monotonic - job.trigger_monotonic) * 1000.0
         return job, None
 
     def _reconnect(self, reason: str, generation: int) -> bool:
