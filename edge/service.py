@@ -266,8 +266,7 @@ class CellService:
         counts = self.counts
         camera = "connected" if self.source.stats.connected else "reconnecting"
         text = (f"{self.state}; cycle {self._cycle}; OK {counts['OK']} NOK {counts['NOK']} ERROR {counts['ERROR']}; "
-                f"p99 {p99:.1f} ms" if p99 is not None else
-                f"{self.state}; cycle {self._cycle}; OK {counts['OK']} NOK {counts['NOK']} ERROR {counts['ERROR']}; p99 -")
+                f"p99 {'-' if p99 is None else f'{p99:.1f} ms'}")
         text += f"; camera {camera}"
         if self.error_text:
             text += f"; {self.error_text}"
@@ -360,6 +359,8 @@ class CellService:
         delay, failures = first, 0
         log.warning("camera: %s; reconnecting", reason)
         self.error_text = f"camera lost ({reason}); reconnecting"
+        if self.state == "Operational":
+            self.state = "Error"
         while self._current("acquisition", generation):
             if self._fail_waiting_triggers(f"camera reconnecting after: {reason}"):
                 self._frames.put(STOP)
