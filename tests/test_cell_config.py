@@ -106,3 +106,15 @@ def test_not_yaml_and_not_a_mapping(cell_dir):
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_cell_config(path)
+
+
+def test_okcell_run_refuses_a_bad_config_before_starting(cell_dir, capsys):
+    from okcell.edge.cli import main
+
+    data = camera_config()
+    data["archive"]["quota_mb"] = "lots"
+    path = write(cell_dir, data)
+    assert main(["run", "--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"okcell run: error: {path}: archive.quota_mb must be a number, found 'lots'" in error
+    assert not (cell_dir / "archive").exists(), "nothing is created before the config is valid"
