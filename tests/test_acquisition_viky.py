@@ -162,3 +162,18 @@ def test_replay_source_software_and_paced(tmp_path: Path):
         once.grab("", 1.0)
     with pytest.raises(SourceLost, match="all 3 images served"):
         once.grab("", 1.0)
+
+
+def test_fetch_timeouts_are_counted():
+    from okcell.edge.acquisition.source import SourceTimeout
+
+    source = viky(mode="software", features=[FeatureSetting("AcquisitionFrameRate", 2.0)])
+    source.open()
+    try:
+        source.grab("", 2.0)
+        with pytest.raises(SourceTimeout, match="no frame within 0.05 s"):
+            source.grab("", 0.05)  # the next frame is ~0.5 s away
+        assert source.stats.timeouts == 1
+        assert source.grab("", 2.0).image.shape == (400, 400, 3)  # still connected: a timeout is not a loss
+    finally:
+        source.close()
