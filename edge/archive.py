@@ -143,12 +143,13 @@ class ResultArchive:
                  json.dumps({k: round(v, 3) for k, v in inspection.timings_ms.items()})),
             )
         if result.frame is not None and self._wants_images(result):
-            if result.inspection.anomaly_map is not None and self.overlay is not None:
-                result.heatmap_path = str(self._image_paths(result)[1])  # known now, so sinks can publish it
             try:
                 self._images.put_nowait((result, result.frame))
             except queue.Full:
                 self.images_skipped += 1
+                return
+            if result.inspection.anomaly_map is not None and self.overlay is not None:
+                result.heatmap_path = str(self._image_paths(result)[1])  # known now, so sinks can publish it
 
     def stop(self) -> None:
         if self._writer is not None:
