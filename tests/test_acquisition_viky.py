@@ -177,3 +177,13 @@ def test_fetch_timeouts_are_counted():
         assert source.grab("", 2.0).image.shape == (400, 400, 3)  # still connected: a timeout is not a loss
     finally:
         source.close()
+
+
+def test_okcell_cameras_lists_devices_and_main_features(capsys):
+    from okcell.edge.cli import main
+
+    assert main(["cameras", "--producer", str(VIKY)]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("3 device(s)")
+    assert "serial_number='2'" in listing and "Width: 400" in listing
+    assert "PixelFormat options: ['RGBa8', 'Mono8']" in listing
