@@ -305,3 +305,39 @@ def test_okcell_run_process_under_a_notify_socket(exported_model, recipes, demo_
     assert messages[-1] == "STOPPING=1" or "STOPPING=1" in messages
     rows = ResultArchiveReader.rows(config, 0)
     assert len(rows) >= 5 and {row["decision"] for row in rows} <= {"OK", "NOK"}
+
+
+def test_stalled_acquisition_is_restarted_and_reconnects(exported_model, recipes, tmp_path, monkeypatch):
+    """A camera that hangs (1 frame/s, acquisition budget 0.3 s): the trigger becomes ERROR, the stage restarts
+    with a reconnect, and the watchdog is fed again once it is healthy."""
+    listener = NotifyListener(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(listener.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    camera = viky_camera("RGBa8")
+    camera["features"].append({"AcquisitionFrameRate": 1.0})
+    config = write_cell_config(tmp_path / "cell", exported_model, recipes / "demo", {"camera": camera}, "software",
+                               trigger={"mode": "software", "timeout_s": 5.0},
+                               watchdog={"budgets_s": {"acquisition": 0.3}, "recovery_attempts": 2})
+    service = CellService(config)
+    service.startup()
+    try:
+        time.sleep(1.5)  # let the first frame of the slow camera go by
+        listener.poll()
+        cycle = service.request_trigger("hung")
+        result = service.wait_result(cycle, timeout_s=30)
+        assert result is not None and result.decision == "ERROR"
+        assert "stage acquisition stalled" in (result.inspection.error or "")
+        during = listener.poll()
+        assert any("stage acquisition stalled" in m for m in during), during
+        deadline = time.monotonic() + 30
+        while service.source.stats.reconnects < 1 or not service.source.stats.connected:
+            assert time.monotonic() < deadline, "acquisition was not reconnected"
+            time.sleep(0.05)
+        listener.poll()
+        assert any(m.startswith("WATCHDOG=1") for m in listener.poll(wait_s=1.0)), "not healthy again"
+        assert service.watchdog.gave_up is None
+    finally:
+        service.shutdown(timeout_s=10)
+    assert_archive_matches(service, [cycle])
+    listener.close()

@@ -96,7 +96,7 @@ class HarvesterSource:
     def grab(self, part_id: str, timeout_s: float) -> Frame:
         acquirer = self._acquirer
         if acquirer is None or not acquirer.is_valid():
-            raise self._lost("the acquirer is closed")
+            raise self._lost("the acquirer is closed", acquirer)
         try:
             trigger_time = time.time()
             if self.trigger_mode == "software":
@@ -116,7 +116,7 @@ class HarvesterSource:
         except (SourceTimeout, SourceLost):
             raise
         except Exception as exc:  # any producer error: handle invalid, device removed, stream aborted
-            raise self._lost(f"{type(exc).__name__}: {exc}") from exc
+            raise self._lost(f"{type(exc).__name__}: {exc}", acquirer) from exc
         self.stats.frames += 1
         return frame
 
@@ -202,7 +202,7 @@ class HarvesterSource:
             self.stats.timeouts += 1
             raise SourceTimeout(f"{self.name}: no frame within {timeout_s:.2f} s") from None
         if buffer is None:
-            raise self._lost("the producer returned no buffer")
+            raise self._lost("the producer returned no buffer", acquirer)
         return buffer
 
     def _newest(self, acquirer: ImageAcquirer, timeout_s: float) -> Buffer:
@@ -240,7 +240,9 @@ class HarvesterSource:
         return Frame(image=image, part_id=part_id, trigger_time=trigger_time, frame_id=frame_id,
                      pixel_format=pixel_format, source=self.name)
 
-    def _lost(self, reason: str) -> SourceLost:
+    def _lost(self, reason: str, acquirer: ImageAcquirer | None) -> SourceLost:
+        if acquirer is not None and acquirer is not self._acquirer:
+            return SourceLost(f"{self.name}: stale acquirer (already reconnected): {reason}")
         self.stats.losses += 1
         self.stats.connected = False
         self.stats.last_error = reason
