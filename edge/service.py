@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -184,7 +184,8 @@ class CellService:
         self._pending_part_ids.append(part_id)
 
     def wait_result(self, cycle: int, timeout_s: float = 30.0) -> CellResult | None:
-        """The result of ``cycle`` once published (recent cycles only), or None after the timeout."""
+        """The result of ``cycle`` once published (the last 1,024 cycles; without frame and anomaly map),
+        or None after the timeout."""
         deadline = time.monotonic() + timeout_s
         with self._done_lock:
             while cycle not in self._done:
@@ -499,9 +500,13 @@ class CellService:
             except Exception:
                 log.exception("sink %s failed on cycle %d", sink.name, result.cycle)
         result.frame = None  # the archive's image writer holds its own reference while it needs it
+        # kept for wait_result without the big arrays (sinks and the archive writer have the full result)
+        light = replace(result, frame=None, inspection=replace(result.inspection, anomaly_map=None))
         self._in_flight["outputs"] = None
         heartbeat.end()
         with self._done_lock:
+            if result.cycle in self._done:
+                self._done[result.cycle] = light
             self._done_lock.notify_all()
 
     # ---- model and recipe ------------------------------------------------------------------------------------
