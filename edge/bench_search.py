@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"bank sizes for the scaling run ('' to skip; default {DEFAULT_SIZES})")
     parser.add_argument("--queries", type=int, default=16, help="query images in the scaling run (default 16)")
     parser.add_argument("--ef", type=int, default=None, help="HNSW search ef (default: the recipe default)")
+    parser.add_argument("--ef-sweep", default="", metavar="EF,EF...",
+                        help="also try these search ef values at every bank size (e.g. 128,256,512)")
     parser.add_argument("--M", type=int, default=None, help="HNSW links per node (default: the recipe default)")
     parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build ef (default: the recipe default)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and search (default: all)")
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         if args.recipe is not None:
             recipe_check(extractor, sidecar, args.recipe, args.images, args.threads or -1)
         if sizes:
-            scaling(extractor, sidecar, sizes, args.queries, params, args.threads or -1, args.cache)
+            sweep = sorted({params.ef, *(int(v) for v in args.ef_sweep.split(",") if v.strip())})
+            scaling(extractor, sidecar, sizes, args.queries, params, sweep, args.threads or -1, args.cache)
     finally:
         extractor.close()
     print(f"peak RSS {peak_rss_mb():.0f} MB")
@@ -79,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _progress(label: str, done: int, total: int) -> None:
-    print(f"\r{label}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+    from okcell.calibration.demo_data import stderr_progress
+
+    stderr_progress(label)(done, total)
 
 
 def _image_patches(extractor: Any, paths: list[Path], label: str) -> list[np.ndarray]:
@@ -160,9 +165,9 @@ def _query_patches(extractor: Any, queries: int) -> list[np.ndarray]:
         return _image_patches(extractor, paths, "query features")
 
 
-def scaling(extractor: Any, sidecar: Any, sizes: list[int], queries: int, params: Any, threads: int,
+def scaling(extractor: Any, sidecar: Any, sizes: list[int], queries: int, params: Any, efs: list[int], threads: int,
             cache: Path | None) -> None:
-    """Grow one HNSW index through ``sizes`` and compare it with exact search at each size."""
+    """Grow one HNSW index through ``sizes`` and compare it with exact search at each size and search ef."""
     import hnswlib
 
     from okcell.edge.scoring import ExactPatchScorer, PatchScorer
@@ -173,8 +178,9 @@ def scaling(extractor: Any, sidecar: Any, sizes: list[int], queries: int, params
     index = hnswlib.Index(space="ip", dim=bank.shape[1])
     index.init_index(max_elements=sizes[-1], ef_construction=params.ef_construction, M=params.M)
     index.set_num_threads(threads)
-    print(f"\nscaling: {len(query)} query images ({sidecar.num_patches} patches each), top1pct, k=1")
-    print(f"{'bank':>8} {'build s':>8} {'hnsw p50/p99 ms':>16} {'exact p50/p99 ms':>17} {'recall@1':>9} "
+    print(f"\nscaling: {len(query)} query images ({sidecar.num_patches} patches each: OK and NOK demo parts), "
+          "top1pct, k=1; score error = |hnsw - exact| / exact image score")
+    print(f"{'bank':>8} {'build s':>8} {'ef':>5} {'hnsw p50/p99 ms':>16} {'exact p50/p99 ms':>17} {'recall@1':>9} "
           f"{'score err max/p99 %':>20} {'RSS MB':>7}")
     added, build_s = 0, 0.0  # growing the index in steps costs the same as building it at each size
     for size in sizes:
@@ -182,24 +188,26 @@ def scaling(extractor: Any, sidecar: Any, sizes: list[int], queries: int, params
         index.add_items(bank[added:size], np.arange(added, size), num_threads=threads)
         build_s += time.perf_counter() - start
         added = size
-        index.set_ef(params.ef)
-        hnsw = PatchScorer(index, k=1, threads=threads)
         exact = ExactPatchScorer(bank[:size], k=1)
-        h_ms, e_ms, h_scores, e_scores, recall = [], [], [], [], []
+        e_ms, e_scores, e_patches = [], [], []
         for patches in query:
-            batch = patches[None]
             t0 = time.perf_counter()
-            h_image, h_patch = hnsw.score(batch)
-            t1 = time.perf_counter()
-            e_image, e_patch = exact.score(batch)
-            t2 = time.perf_counter()
-            h_ms.append((t1 - t0) * 1e3)
-            e_ms.append((t2 - t1) * 1e3)
-            h_scores.append(float(h_image[0]))
+            e_image, e_patch = exact.score(patches[None])
+            e_ms.append((time.perf_counter() - t0) * 1e3)
             e_scores.append(float(e_image[0]))
-            recall.append(float(np.mean(np.isclose(h_patch, e_patch, atol=1e-6))))
-        errors = relative_errors(np.array(h_scores), np.array(e_scores))
-        print(f"{size:>8} {build_s:>8.1f} {'{:.1f}/{:.1f}'.format(*percentiles(h_ms)):>16} "
-              f"{'{:.1f}/{:.1f}'.format(*percentiles(e_ms)):>17} {100 * np.mean(recall):>8.2f}% "
-              f"{'{:.3f}/{:.3f}'.format(100 * errors.max(), 100 * np.percentile(errors, 99)):>20} {peak_rss_mb():>7.0f}",
-              flush=True)
+            e_patches.append(e_patch)
+        for ef in efs:
+            index.set_ef(ef)
+            hnsw = PatchScorer(index, k=1, threads=threads)
+            h_ms, h_scores, recall = [], [], []
+            for patches, e_patch in zip(query, e_patches):
+                t0 = time.perf_counter()
+                h_image, h_patch = hnsw.score(patches[None])
+                h_ms.append((time.perf_counter() - t0) * 1e3)
+                h_scores.append(float(h_image[0]))
+                recall.append(float(np.mean(np.isclose(h_patch, e_patch, atol=1e-6))))
+            errors = relative_errors(np.array(h_scores), np.array(e_scores))
+            print(f"{size:>8} {build_s:>8.1f} {ef:>5} {'{:.1f}/{:.1f}'.format(*percentiles(h_ms)):>16} "
+                  f"{'{:.1f}/{:.1f}'.format(*percentiles(e_ms)):>17} {100 * np.mean(recall):>8.3f}% "
+                  f"{'{:.3f}/{:.3f}'.format(100 * errors.max(), 100 * np.percentile(errors, 99)):>20} "
+                  f"{peak_rss_mb():>7.0f}", flush=True)

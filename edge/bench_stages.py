@@ -88,7 +88,7 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
     import cv2
 
     from okcell.calibration.build import CalibrationSettings, calibrate
-    from okcell.calibration.demo_data import DemoCounts, write_demo_set
+    from okcell.calibration.demo_data import DemoCounts, stderr_progress, write_demo_set
     from okcell.calibration.recipe import Recipe
     from okcell.edge.backends.select import open_extractor
     from okcell.edge.images import read_image
@@ -108,6 +108,7 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
             frames = [read_image(p) for p in sorted((root / "parts" / "holdout").rglob("*.png"))]
             timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
             total = args.warmup + args.frames
+            progress = stderr_progress(f"{size}x{size} inspections")
             for i in range(total):
                 frame = frames[i % len(frames)]
                 result = inspector.inspect(frame)
@@ -120,8 +121,7 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
                     for stage in STAGES[:-1]:
                         timings[stage].append(result.timings_ms[stage])
                     timings["overlay_png"].append(overlay_ms)
-                print(f"\r{size}x{size}: {i + 1}/{total} inspections", end="\n" if i + 1 == total else "",
-                      file=sys.stderr, flush=True)
+                progress(i + 1, total)
             backend = extractor.backend_name
             bank = recipe.scorer.bank_size
         finally:

@@ -78,7 +78,7 @@ def _banner(canvas: np.ndarray, decision: str, score: float | None, threshold: f
     """Decision and score on a coloured bar at the top (scaled to the frame width)."""
     scale = max(0.4, canvas.shape[1] / 640)
     score_text = "-" if score is None else f"{score:.3f}"
-    text = f"{decision}  score {score_text} / thr {threshold:.3f}" + (f"  {label}" if label else "")
+    text = f"{decision}  score {score_text} / thr {threshold:.3f}" + (f"  nearest: {label}" if label else "")
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(2 * scale)))
     bar_h = th + base + int(8 * scale)
     colour = DECISION_COLOURS_BGR.get(decision, (90, 90, 90))
