@@ -1,6 +1,7 @@
 """Soak test: many software-triggered cycles on a viky virtual camera; resident memory growth after warm-up.
 
     python benchmarks/soak.py --model MODEL.onnx [--recipe DIR] [--cycles 2000] [--warmup 200]
+    python benchmarks/soak.py --config cell.yaml [--cycles 2000]      # any software-triggered cell
 
 Prints cycle-time p50/p99, RSS after warm-up and at the end, and the growth (target: under 5 %); exits 1 above it.
 Without --recipe a throwaway recipe is calibrated on 12 frames of the camera."""
@@ -78,15 +79,18 @@ def _trigger(service: CellService, count: int, prefix: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, help="ONNX model: soak on viky camera 0 (RGBa8, 400 px)")
+    parser.add_argument("--config", type=Path, help="soak this software-triggered cell.yaml instead")
     parser.add_argument("--recipe", type=Path)
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
+    if (args.model is None) == (args.config is None):
+        parser.error("give --model (viky) or --config (a cell.yaml)")
     with tempfile.TemporaryDirectory(prefix="okcell-soak-") as tmp:
-        config = viky_cell_yaml(Path(tmp), args.model, args.recipe, "RGBa8", "onnxruntime", args.threads,
-                                mode="software")
+        config = args.config or viky_cell_yaml(Path(tmp), args.model, args.recipe, "RGBa8", "onnxruntime",
+                                               args.threads, mode="software")
         report = soak(config, args.cycles, args.warmup)
     print(f"soak: {report.cycles} cycles in {report.seconds:.0f} s, ERROR results {report.errors}")
     print(f"cycle time p50 {report.p50_ms:.1f} ms, p99 {report.p99_ms:.1f} ms")
