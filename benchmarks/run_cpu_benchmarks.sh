@@ -9,4 +9,4 @@ mkdir -p benchmarks/results
 "$OKCELL" bench stages --sizes 224,448 --threads "$THREADS" --json-out benchmarks/results/stages.json \
     | tee benchmarks/results/stages.txt
 "$OKCELL" bench search --model demo-models/dinov2_vits14_448.onnx --recipe demo-recipe --images demo-data/holdout \
-    --threads "$THREADS" --cache demo-models/bank_features_448.npy | tee benchmarks/results/search.txt
+    --ef-sweep 128,256,512 --threads "$THREADS" --cache demo-models/bank_features_448.npy | tee benchmarks/results/search.txt

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="224,448", help="input sizes (default 224,448)")
     parser.add_argument("--models-dir", type=Path, default=Path("demo-models"),
                         help="where dinov2_vits14_<size>.onnx live or are exported to (default demo-models)")
+    parser.add_argument("--layers", default="9", metavar="N[,N...]",
+                        help="transformer blocks for models this bench exports (default 9, as make demo)")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto", help="inference backend")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and search (default: all)")
     parser.add_argument("--frames", type=int, default=30, help="timed inspections per size (default 30)")
@@ -35,6 +37,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=int, default=20, help="OK parts the bench recipe is calibrated on (default 20)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON")
     parser.add_argument("--one-size", type=int, default=None, help=argparse.SUPPRESS)  # child process
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark of this process (Linux >= 4.0); False if not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since the last reset (VmHWM), else since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def model_path(models_dir: Path, size: int) -> Path:
@@ -53,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sizes {args.sizes!r}: expected comma-separated pixel sizes like 224,448") from None
     results = []
     for size in sizes:
-        ensure_model(args.models_dir, size)
+        ensure_model(args.models_dir, size, args.layers)
         command = [sys.executable, "-m", "okcell.edge.cli", "bench", "stages", "--one-size", str(size),
                    "--models-dir", str(args.models_dir), "--backend", args.backend, "--frames", str(args.frames),
                    "--warmup", str(args.warmup), "--train", str(args.train)]
@@ -71,15 +93,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def ensure_model(models_dir: Path, size: int) -> Path:
-    """The model for ``size``, exported from the embedded default when missing."""
+def ensure_model(models_dir: Path, size: int, layers: str) -> Path:
+    """The model for ``size``, exported from the embedded default when missing (the table names its blocks)."""
+    from okcell.schema import ConfigError
+
     path = model_path(models_dir, size)
     if not path.is_file():
         from okcell.export.onnx_export import ExportOptions, export_model
 
+        try:
+            blocks = tuple(int(v) for v in layers.split(","))
+        except ValueError:
+            raise ConfigError(f"--layers {layers!r}: expected block numbers like 9 or 8,11") from None
         models_dir.mkdir(parents=True, exist_ok=True)
-        print(f"bench stages: exporting the embedded default at {size} to {path}", file=sys.stderr, flush=True)
-        export_model("embedded", ExportOptions(size=(size, size)), path)
+        print(f"bench stages: exporting the embedded default at {size}, blocks {layers}, to {path}", file=sys.stderr,
+              flush=True)
+        export_model("embedded", ExportOptions(size=(size, size), layers=blocks), path)
     return path
 
 
@@ -105,6 +134,12 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
             calibrate(extractor, model, settings, root / "recipe")
             recipe = Recipe.load(root / "recipe", extractor.sidecar, threads=args.threads or -1)
             inspector = Inspector(extractor, recipe)
+            calibration_peak = peak_rss_mb()
+            del settings
+            import gc
+
+            gc.collect()
+            reset = reset_peak_rss()
             frames = [read_image(p) for p in sorted((root / "parts" / "holdout").rglob("*.png"))]
             timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
             total = args.warmup + args.frames
@@ -122,25 +157,33 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
                         timings[stage].append(result.timings_ms[stage])
                     timings["overlay_png"].append(overlay_ms)
                 progress(i + 1, total)
+            inspection_peak = peak_rss_mb() if reset else None
             backend = extractor.backend_name
+            layers = list(extractor.sidecar.layers)
             bank = recipe.scorer.bank_size
         finally:
             extractor.close()
     return {
         "size": size,
         "backend": backend,
+        "layers": layers,
         "threads": args.threads,
         "frames": args.frames,
         "bank_patches": bank,
         "p50_ms": {s: round(float(np.percentile(v, 50)), 2) for s, v in timings.items()},
         "p99_ms": {s: round(float(np.percentile(v, 99)), 2) for s, v in timings.items()},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "peak_rss_mb_calibration": round(calibration_peak, 1),
+        "peak_rss_mb_inspection": None if inspection_peak is None else round(inspection_peak, 1),
     }
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    print(f"{'size':>5} {'backend':<12} {'bank':>6} " + " ".join(f"{s + ' p50/p99':>22}" for s in STAGES)
-          + f" {'peak RSS MB':>12}")
+    print("peak RSS: of the process while it calibrated the bench recipe / while it only inspected (MB)")
+    print(f"{'size':>5} {'backend':<12} {'blocks':>6} {'bank':>6} " + " ".join(f"{s + ' p50/p99':>22}" for s in STAGES)
+          + f" {'peak RSS calib/insp':>20}")
     for r in results:
         cells = " ".join(f"{'{:.1f}/{:.1f}'.format(r['p50_ms'][s], r['p99_ms'][s]):>22}" for s in STAGES)
-        print(f"{r['size']:>5} {r['backend']:<12} {r['bank_patches']:>6} {cells} {r['peak_rss_mb']:>12.0f}")
+        inspection = "-" if r["peak_rss_mb_inspection"] is None else f"{r['peak_rss_mb_inspection']:.0f}"
+        memory = f"{r['peak_rss_mb_calibration']:.0f}/{inspection}"
+        blocks = ",".join(map(str, r["layers"]))
+        print(f"{r['size']:>5} {r['backend']:<12} {blocks:>6} {r['bank_patches']:>6} {cells} {memory:>20}")
