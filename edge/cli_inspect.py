@@ -176,10 +176,16 @@ def _print_summary(tally: Any, timings: dict[str, list[float]], errors: int, tot
     escaped, nok_total = tally.escapes
     target = recipe.manifest.get("risk", {}).get("target_frr")
     target_text = f" (calibration target {100 * target:.1f} %)" if isinstance(target, (int, float)) else ""
+    from okcell.calibration.thresholds import clopper_pearson_upper
+
     if ok_total:
-        print(f"false-reject rate {100 * rejected / ok_total:.1f} % = {rejected}/{ok_total}{target_text}", file=out)
+        bound = 100 * clopper_pearson_upper(rejected, ok_total)
+        print(f"false-reject rate {100 * rejected / ok_total:.1f} % = {rejected}/{ok_total}{target_text}, "
+              f"95 % upper bound {bound:.1f} %", file=out)
     if nok_total:
-        print(f"escape rate {100 * escaped / nok_total:.1f} % = {escaped}/{nok_total}", file=out)
+        bound = 100 * clopper_pearson_upper(escaped, nok_total)
+        print(f"escape rate {100 * escaped / nok_total:.1f} % = {escaped}/{nok_total}, 95 % upper bound {bound:.1f} %",
+              file=out)
     value = tally.image_auroc
     print(f"image AUROC {value:.4f}" if value is not None else "image AUROC: needs OK and NOK images", file=out)
     if args.out is not None and ok_total:
