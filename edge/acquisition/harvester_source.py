@@ -214,7 +214,11 @@ class HarvesterSource:
             newest = self._replace(newest, newer)
             held += 1
         if held >= acquirer.num_buffers:
-            newest = self._replace(newest, self._fetch(acquirer, timeout_s))
+            try:
+                fresh = self._fetch(acquirer, timeout_s)
+            except SourceTimeout:
+                return newest  # no fresher frame came: the held one is still the newest
+            newest = self._replace(newest, fresh)
         return newest
 
     def _replace(self, older: Buffer, newer: Buffer) -> Buffer:
