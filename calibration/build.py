@@ -3,6 +3,7 @@ final bank, NOK and synthetic scoring, labelled embeddings -> report -> recipe d
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import resource
 import shutil
@@ -18,6 +19,7 @@ from okcell import __version__
 from okcell.calibration import recipe as recipe_files
 from okcell.calibration.bank_index import IndexParams, build_index
 from okcell.calibration.coreset import SequentialCoreset
+from okcell.calibration.ef_tuning import EfTuning, tune_ef
 from okcell.calibration.features import FeatureCache, ReferenceFormat, extract_images
 from okcell.calibration.labelled import LabelledEmbeddings
 from okcell.calibration.report import write_report
@@ -29,6 +31,7 @@ from okcell.edge.scoring import PatchScorer, check_aggregation
 from okcell.schema import ConfigError, sha256_file
 
 DEFAULT_MAX_BANK = 100_000
+EF_SAMPLE_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,16 @@ def _scorer(bank: np.ndarray, settings: CalibrationSettings) -> PatchScorer:
     return PatchScorer(build_index(bank, settings.index, settings.threads), settings.k, settings.aggregation, settings.threads)
 
 
+def _tuned_settings(cache: FeatureCache, fold_of: np.ndarray, coresets: list[SequentialCoreset], settings: CalibrationSettings) -> tuple[CalibrationSettings, EfTuning]:
+    """Settings whose hnswlib ``ef`` keeps held-out image scores (fold 0 against the other folds' bank, up to
+    ``EF_SAMPLE_IMAGES`` images) within tolerance of exact search."""
+    bank = np.concatenate([c.features for c in coresets[1:]])
+    rows = np.flatnonzero(fold_of == 0)[:EF_SAMPLE_IMAGES]
+    tuning = tune_ef(_scorer(bank, settings), bank, cache.patches(rows))
+    _say(f"search beam ef={tuning.ef}: held-out image scores within {100 * tuning.max_relative_error:.3f} % of exact search")
+    return dataclasses.replace(settings, index=dataclasses.replace(settings.index, ef=tuning.ef)), tuning
+
+
 def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[SequentialCoreset], settings: CalibrationSettings) -> np.ndarray:
     scores = np.empty(len(cache), dtype=np.float64)
     for fold in range(settings.folds):
@@ -176,6 +189,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
                 cache.append(features)
             fold_of = assign_folds(len(cache), settings.folds, settings.seed)
             coresets = _fold_coresets(cache, fold_of, settings)
+            settings, ef_tuning = _tuned_settings(cache, fold_of, coresets, settings)
             ok_scores = _held_out_scores(cache, fold_of, coresets, settings)
             ok_embeddings = cache.embeddings
         bank = np.concatenate([c.features for c in coresets])
@@ -226,6 +240,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
                 "max_size": settings.max_bank,
                 "patches_seen": len(ok_paths) * sidecar.num_patches,
                 "index": settings.index.to_json(),
+                "ef_tuning": ef_tuning.to_json(),
             },
             "labelled": {
                 "file": recipe_files.LABELLED_FILE,

@@ -37,7 +37,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "model": {"onnx_file": str, "sha256": str, "input_size": list, "feature_dim": int, "embedding_dim": int},
     "input": {"roi": (list, type(None)), "channels": str, "image_size": list},
     "scoring": {"k": int, "aggregation": str, "decision": str},
-    "bank": {"file": str, "sha256": str, "size": int, "coreset_ratio": float, "max_size": int, "patches_seen": int, "index": dict},
+    "bank": {"file": str, "sha256": str, "size": int, "coreset_ratio": float, "max_size": int, "patches_seen": int, "index": dict, "ef_tuning": dict},
     "risk": {"threshold": float, "target_frr": float, "confidence": float, "frr": dict, "escape": (dict, type(None)), "recall": dict},
     "calibration": {"ok_images": int, "folds": int, "backend": str, "nok_images": dict, "synthetic_images": dict, "peak_rss_mb": float},
 }
