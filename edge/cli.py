@@ -24,7 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="okcell", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="okcell",
+        description="okcell: a visual inspection cell (GenICam camera -> DINOv2 -> reference bank -> OK/NOK -> PLC).",
+    )
     parser.add_argument("--version", action="version", version=f"okcell {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
