@@ -1,7 +1,9 @@
-"""Session fixture ``exported_model``: the embedded DINOv2 ViT-S/14 exported at 224 once per test session."""
+"""Model fixtures: ``exported_model``, the embedded DINOv2 ViT-S/14 exported at 224 once per test session, and
+``model``, a private copy of it that a test may alter."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,3 +19,12 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("model") / f"dinov2_vits14_{FIXTURE_SIZE}.onnx"
     export_model("embedded", ExportOptions(size=(FIXTURE_SIZE, FIXTURE_SIZE)), out)
     return out
+
+
+@pytest.fixture()
+def model(exported_model: Path, tmp_path: Path) -> Path:
+    """A private copy of the exported model (ONNX + sidecar) that tests may alter."""
+    onnx = tmp_path / exported_model.name
+    shutil.copy(exported_model, onnx)
+    shutil.copy(exported_model.with_suffix(".json"), onnx.with_suffix(".json"))
+    return onnx

@@ -4,7 +4,6 @@ TensorRT asked for without TensorRT -> clear error. (Where the gpu extra is inst
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,6 @@ from okcell.schema import ConfigError
 MISSING = gpu_extra_missing()
 needs_no_gpu_extra = pytest.mark.skipif(MISSING is None, reason="tensorrt and pycuda are installed here")
 
-
-@pytest.fixture()
-def model(exported_model: Path, tmp_path: Path) -> Path:
-    onnx = tmp_path / exported_model.name
-    shutil.copy(exported_model, onnx)
-    shutil.copy(exported_model.with_suffix(".json"), onnx.with_suffix(".json"))
-    return onnx
 
 
 def _features_run(extractor: object) -> None:

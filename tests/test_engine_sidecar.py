@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -38,14 +37,6 @@ def write_engine(folder: Path, onnx: Path, target: BuildTarget = ORIN, precision
     info.save(engine_sidecar_path(engine))
     return engine, info
 
-
-@pytest.fixture()
-def model(exported_model: Path, tmp_path: Path) -> Path:
-    """A private copy of the exported model (ONNX + sidecar) that tests may alter."""
-    onnx = tmp_path / exported_model.name
-    shutil.copy(exported_model, onnx)
-    shutil.copy(exported_model.with_suffix(".json"), onnx.with_suffix(".json"))
-    return onnx
 
 
 def test_paths() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -200,13 +199,6 @@ def test_cuda_graph_replays_the_preprocessing_with_new_frames() -> None:
     finally:
         cuda.Context.pop()
 
-
-@pytest.fixture()
-def model(exported_model: Path, tmp_path: Path) -> Path:
-    onnx = tmp_path / exported_model.name
-    shutil.copy(exported_model, onnx)
-    shutil.copy(exported_model.with_suffix(".json"), onnx.with_suffix(".json"))
-    return onnx
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
