@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
-
 import numpy as np
 
+from okcell.calibration.recipe import Recipe
 from okcell.edge.features import FeatureExtractor
 from okcell.edge.heatmap import HEATMAP_SIGMA_PX, anomaly_map, overlay
 from okcell.edge.result import InspectionResult
@@ -25,10 +24,9 @@ STAGES = ("preprocess", "backbone", "search", "heatmap", "total")
 
 
 class Inspector:
-    """Inspects frames with one feature extractor and one calibrated recipe
-    (:class:`okcell.calibration.recipe.Recipe`: ``roi``, ``threshold``, ``scorer``, ``labelled``, ``check_frame``)."""
+    """Inspects frames with one feature extractor and one calibrated recipe."""
 
-    def __init__(self, extractor: FeatureExtractor, recipe: Any, heatmap: bool = True,
+    def __init__(self, extractor: FeatureExtractor, recipe: Recipe, heatmap: bool = True,
                  heatmap_sigma_px: float = HEATMAP_SIGMA_PX) -> None:
         self.extractor = extractor
         self.recipe = recipe
