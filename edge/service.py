@@ -97,7 +97,6 @@ class CellService:
         self._frames: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._results: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._late_errors: deque[tuple[CellResult, float]] = deque()
-        self._pending_part_ids: deque[str] = deque()
         self._heartbeats = {stage: StageHeartbeat(stage, config.watchdog.budgets_s[stage]) for stage in STAGES}
         self._generation = {stage: 0 for stage in STAGES}
         self._in_flight: dict[str, Any] = {stage: None for stage in STAGES}
@@ -176,12 +175,6 @@ class CellService:
                 self._cycle -= 1
                 raise TriggerRefused(f"{_TRIGGER_BACKLOG} triggers are already waiting") from None
         return cycle
-
-    trigger = request_trigger
-
-    def next_part_id(self, part_id: str) -> None:
-        """Part id for the next self-triggered (hardware/free-run) frame; without one the cycle number is used."""
-        self._pending_part_ids.append(part_id)
 
     def wait_result(self, cycle: int, timeout_s: float = 30.0) -> CellResult | None:
         """The result of ``cycle`` once published (the last 1,024 cycles; without frame and anomaly map),
@@ -348,7 +341,7 @@ class CellService:
             with self._cycle_lock:
                 self._cycle += 1
                 cycle = self._cycle
-            part = self._pending_part_ids.popleft() if self._pending_part_ids else str(cycle)
+            part = str(cycle)  # self-triggered (hardware/free-run) frames are named by their cycle
             frame.part_id = part
             job = Job(cycle, part, frame.trigger_time, trigger_monotonic=frame.arrival_monotonic)
         job.frame = frame

@@ -37,10 +37,6 @@ def feature_names(node_map: Any) -> list[str]:
     return sorted(names)
 
 
-def has_feature(node_map: Any, name: str) -> bool:
-    return bool(node_map.has_node(name))
-
-
 def read_feature(node_map: Any, name: str) -> Any:
     """Current value of a feature, or None if the camera lacks it or it is not readable now."""
     if not node_map.has_node(name):
