@@ -224,7 +224,7 @@ class CellService:
         return CellStatus(
             state=self.state, error_text=self.error_text, camera_connected=self.source.stats.connected,
             backend=str(getattr(inspection.extractor, "backend_name", "")) if inspection else "",
-            active_recipe=inspection.recipe_id if inspection else "",
+            active_recipe=inspection.recipe_dir.name if inspection else "",
             available_recipes=self.available_recipes(), fetch_timeouts=self.source.stats.timeouts,
             reconnects=self.source.stats.reconnects,
         )

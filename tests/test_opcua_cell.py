@@ -158,7 +158,7 @@ def test_polling_handshake_on_the_real_cell(service: CellService) -> None:
                     await asyncio.sleep(0.005)
                 raise AssertionError(f"{node} never became {wanted}")
 
-            for n in range(5):
+            for n in range(100):
                 await until(busy, False)
                 await part.write_value(ua.DataValue(ua.Variant(f"hs-{n}", ua.VariantType.String)))
                 await request.write_value(ua.DataValue(ua.Variant(True, ua.VariantType.Boolean)))
@@ -198,7 +198,8 @@ def test_bad_recipe_is_refused_and_bad_arguments_keep_the_cell_running(service: 
             result_id = await cell.call_method(ua.QualifiedName("Trigger", idx), ua.Variant("after-bad-calls"))
             await collector.wait_for(1, timeout_s=60)
             assert collector.events[0].ResultId == result_id and collector.events[0].DecisionText in ("OK", "NOK")
-            assert collector.events[0].RecipeId == active, "the refused recipe did not replace the running one"
+            assert active == "demo" and await var(client, idx, "Recipes.ActiveRecipeId").read_value() == "demo"
+            assert collector.events[0].RecipeId == service.recipe_id, "the refused recipe did not replace the running one"
             assert await var(client, idx, "State.CurrentStateName").read_value() == "Operational"
         finally:
             await client.disconnect()
