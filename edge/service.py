@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from okcell.edge.acquisition.replay_source import ReplaySource
-from okcell.edge.acquisition.source import FrameSource, SourceError, SourceLost, SourceTimeout
+from okcell.edge.acquisition.source import FrameSource, SourceError, SourceTimeout
 from okcell.edge.archive import ResultArchive
 from okcell.edge.cell_config import STAGES, CellConfig
 from okcell.edge.opcua.cell_link import CellStatus, TriggerRefused

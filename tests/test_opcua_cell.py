@@ -144,12 +144,15 @@ def test_200_sequential_and_20_concurrent_triggers(service: CellService) -> None
 
 
 def test_polling_handshake_on_the_real_cell(service: CellService) -> None:
+    """A PLC that only reads and writes variables completes 100 cycles of the documented bit handshake."""
+
     async def plc() -> None:
         client = await connect(endpoint(service))
         try:
             _, idx = await cell_node(client)
             request, part = var(client, idx, "Handshake.TriggerRequest"), var(client, idx, "Handshake.PartId")
             busy, valid = var(client, idx, "Handshake.Busy"), var(client, idx, "Handshake.ResultValid")
+            counter = var(client, idx, "Handshake.ResultCounter")
 
             async def until(node: Any, wanted: bool) -> None:
                 for _ in range(3000):
@@ -158,14 +161,22 @@ def test_polling_handshake_on_the_real_cell(service: CellService) -> None:
                     await asyncio.sleep(0.005)
                 raise AssertionError(f"{node} never became {wanted}")
 
+            previous = await counter.read_value()
             for n in range(100):
                 await until(busy, False)
                 await part.write_value(ua.DataValue(ua.Variant(f"hs-{n}", ua.VariantType.String)))
                 await request.write_value(ua.DataValue(ua.Variant(True, ua.VariantType.Boolean)))
                 await until(valid, True)
+                assert await busy.read_value() is True, "Busy holds until the PLC lowers TriggerRequest"
+                previous += 1
+                assert await counter.read_value() == previous
                 result_id = await var(client, idx, "Results.ResultId").read_value()
-                assert archive_rows(service)[result_id]["part_id"] == f"hs-{n}"
+                row = archive_rows(service)[result_id]
+                assert row["part_id"] == f"hs-{n}"
+                assert await var(client, idx, "Results.DecisionText").read_value() == row["decision"]
                 await request.write_value(ua.DataValue(ua.Variant(False, ua.VariantType.Boolean)))
+                await until(busy, False)
+                assert await valid.read_value() is True, "ResultValid holds until the next request"
         finally:
             await client.disconnect()
 

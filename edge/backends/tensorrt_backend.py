@@ -22,7 +22,6 @@ from okcell.export.sidecar import load_verified
 from okcell.schema import ConfigError
 
 if TYPE_CHECKING:
-    import pycuda.driver as cuda
     import tensorrt as trt
 
     from okcell.edge.backends.gpu_preprocess import GpuPreprocessor

@@ -1,6 +1,5 @@
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 class Error(Exception): ...
