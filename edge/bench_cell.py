@@ -5,13 +5,14 @@ with the configured backend, and peak RSS. ``--source viky`` uses the virtual ca
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from okcell.edge.acquisition.producers import viky_producer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,12 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10, help="cycles left out of the statistics")
-
-
-def viky_path() -> Path:
-    spec = importlib.util.find_spec("genicam")
-    assert spec is not None and spec.submodule_search_locations, "the genicam package is not installed"
-    return Path(spec.submodule_search_locations[0]) / "viky.cti"
 
 
 def capture_frames(camera: dict[str, Any], out: Path, count: int, every: int = 3) -> Path:
@@ -61,7 +56,7 @@ def viky_cell_yaml(work: Path, model: Path, recipe: Path | None, pixel_format: s
     """Write a cell.yaml for viky camera 0 (calibrating a recipe on its frames when none is given)."""
     import yaml
 
-    camera = {"producers": [str(viky_path())], "device": {"index": 0}, "features": [{"PixelFormat": pixel_format}],
+    camera = {"producers": [str(viky_producer())], "device": {"index": 0}, "features": [{"PixelFormat": pixel_format}],
               "num_buffers": 4}
     if recipe is None:
         from okcell.calibration.build import CalibrationSettings, calibrate

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import yaml
 
+from okcell.edge.acquisition.producers import viky_producer
+from okcell.edge.bench_cell import capture_frames
 from okcell.edge.cell_config import CellConfig, load_cell_config
 
-VIKY = Path(importlib.util.find_spec("genicam").submodule_search_locations[0]) / "viky.cti"
+VIKY = viky_producer()
 FRAME_SIZE = 256  # demo_recipe is calibrated on 256x256 colour images; viky is set to the same size
 
 
@@ -93,21 +93,6 @@ class NotifyListener:
 
 def capture_viky_frames(out: Path, pixel_format: str, count: int) -> Path:
     """Save ``count`` viky frames (every 3rd, so the ball has moved) as PNG reference images."""
-    from okcell.edge.acquisition.camera_features import FeatureSetting
-    from okcell.edge.acquisition.harvester_source import CameraSettings, HarvesterSource
-
-    out.mkdir(parents=True)
-    settings = CameraSettings([VIKY], {"serial_number": "2"},
-                              [FeatureSetting("PixelFormat", pixel_format), FeatureSetting("Width", FRAME_SIZE),
-                               FeatureSetting("Height", FRAME_SIZE)], trigger_mode="software")
-    source = HarvesterSource(settings)
-    source.open()
-    try:
-        for index in range(count):
-            for _ in range(3):
-                frame = source.grab("", 2.0)
-            image = frame.image if frame.image.ndim == 2 else cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
-            cv2.imwrite(str(out / f"viky_{index:03d}.png"), image)
-    finally:
-        source.close()
-    return out
+    camera = {"producers": [str(VIKY)], "device": {"serial_number": "2"},
+              "features": [{"PixelFormat": pixel_format}, {"Width": FRAME_SIZE}, {"Height": FRAME_SIZE}]}
+    return capture_frames(camera, out, count)

@@ -1,6 +1,5 @@
 """Acquisition against the real viky GenTL producer (genicam package) through harvesters, and the replay source."""
 
-import importlib.util
 import threading
 import time
 from pathlib import Path
@@ -12,11 +11,12 @@ from skimage import data
 
 from okcell.edge.acquisition.camera_features import FeatureSetting
 from okcell.edge.acquisition.harvester_source import CameraSettings, HarvesterSource
+from okcell.edge.acquisition.producers import viky_producer
 from okcell.edge.acquisition.replay_source import ReplaySource
 from okcell.edge.acquisition.source import SourceLost
 from okcell.schema import ConfigError
 
-VIKY = Path(importlib.util.find_spec("genicam").submodule_search_locations[0]) / "viky.cti"
+VIKY = viky_producer()
 
 
 def viky(mode="free_run", pixel_format="RGBa8", serial="1", features=(), num_buffers=4, device=None) -> HarvesterSource:

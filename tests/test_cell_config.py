@@ -1,15 +1,15 @@
 """cell.yaml validation: bad files fail on load with the file and key named."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
+from okcell.edge.acquisition.producers import viky_producer
 from okcell.edge.cell_config import load_cell_config
 from okcell.schema import ConfigError
 
-VIKY = Path(importlib.util.find_spec("genicam").submodule_search_locations[0]) / "viky.cti"
+VIKY = viky_producer()
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Sequence
@@ -9,6 +10,14 @@ from typing import Sequence
 from okcell.schema import ConfigError
 
 GENTL_PATH_VARIABLE = "GENICAM_GENTL64_PATH"
+
+
+def viky_producer() -> Path:
+    """``viky.cti``, the GenTL producer with virtual cameras that the ``genicam`` package ships (tests, benchmarks)."""
+    spec = importlib.util.find_spec("genicam")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the virtual viky cameras need the genicam package (pip install genicam)")
+    return Path(spec.submodule_search_locations[0]) / "viky.cti"
 
 
 def find_producers(configured: Sequence[str | Path] = (), source: str = "config") -> list[Path]:
