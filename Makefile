@@ -18,14 +18,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-MYPY_TREE := build/mypy/okcell
-
-# mypy sees the package layout of an installed okcell (see [mypy] in setup.cfg)
+# plain mypy over the checkout (files and paths in setup.cfg [mypy]); the fixed TensorRT stubs go to build/typestubs
 typecheck: venv
-	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)
-	for path in okcell/*.py export calibration edge; do \
-		ln -s "$(CURDIR)/$$path" "$(MYPY_TREE)/$$(basename $$path)"; done
-	$(BIN)/python stubs/tensorrt_fixed.py build/mypy
+	$(BIN)/python stubs/tensorrt_fixed.py build/typestubs
 	$(BIN)/python -m mypy
 
 test: typecheck

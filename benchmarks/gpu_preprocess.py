@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_preprocess.py --runtime pycuda --out results.json
 
-``--runtime pycuda`` runs :class:`okcell.edge.backends.gpu_preprocess.GpuPreprocessor` (the backend's own launcher:
+``--runtime pycuda`` runs :class:`edge.backends.gpu_preprocess.GpuPreprocessor` (the backend's own launcher:
 page-locked staging, async upload, kernel). ``--runtime cupy`` compiles the very same ``KERNEL_SOURCE`` with CuPy's
 NVRTC ``RawModule`` (a check of the kernel where pycuda cannot be built). Timings: ``gpu_ms`` is upload + kernel on
 the stream (CUDA events), ``cpu_ms`` the CPU reference ``Preprocessor.frame`` for the same frame.
@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 import skimage.data
 
-from okcell.edge.backends.gpu_preprocess import BLOCK, KERNEL_NAMES, KERNEL_SOURCE, kernel_args
-from okcell.edge.preprocess import Preprocessor
-from okcell.export.sidecar import ModelSidecar
+from edge.backends.gpu_preprocess import BLOCK, KERNEL_NAMES, KERNEL_SOURCE, kernel_args
+from okcell.preprocess import Preprocessor
+from okcell.sidecar import ModelSidecar
 
 TOLERANCE = 1e-3
 SIDECAR = ModelSidecar(
@@ -54,7 +54,7 @@ Launch = Callable[[np.ndarray], np.ndarray]
 def pycuda_runner(sidecar: ModelSidecar, dtype: np.dtype[Any]) -> tuple[Launch, Callable[[np.ndarray], float], Callable[[], None]]:
     import pycuda.driver as cuda
 
-    from okcell.edge.backends.gpu_preprocess import GpuPreprocessor
+    from edge.backends.gpu_preprocess import GpuPreprocessor
 
     prep = GpuPreprocessor(sidecar, dtype, max_batch=1)
     stream = cuda.Stream()

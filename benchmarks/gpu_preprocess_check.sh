@@ -17,7 +17,7 @@ nvcc --version | tail -2
 python3 -c "import sys, sysconfig, os, numpy, cv2; inc = sysconfig.get_paths()['include']; print(sys.version.split()[0], 'Python.h', os.path.exists(inc + '/Python.h'), 'numpy', numpy.__version__, 'cv2', cv2.__version__)"
 
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-# okcell's package mapping without installing it: okcell/ plus export/ -> okcell.export, edge/ -> okcell.edge.
+# okcell's package mapping without installing it: okcell/ plus export/ -> export, edge/ -> edge.
 mkdir -p /tmp/pkg/okcell && cp okcell/*.py /tmp/pkg/okcell/
 for part in export edge calibration; do ln -sfn "$PWD/$part" "/tmp/pkg/okcell/$part"; done
 export PYTHONPATH=/tmp/pkg:/tmp/site

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from okcell.edge.bench_cell import viky_cell_yaml
-from okcell.edge.cell_config import load_cell_config
-from okcell.edge.service import CellService
+from edge.bench.cell import viky_cell_yaml
+from edge.runtime.cell_config import load_cell_config
+from edge.runtime.service import CellService
 
 GROWTH_LIMIT_PERCENT = 5.0
 BATCH = 20  # triggers in flight at a time

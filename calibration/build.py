@@ -16,18 +16,18 @@ from typing import Any
 import numpy as np
 
 from okcell import __version__
-from okcell.calibration import recipe as recipe_files
-from okcell.calibration.bank_index import IndexParams, build_index
-from okcell.calibration.coreset import SequentialCoreset
-from okcell.calibration.ef_tuning import EfTuning, tune_ef
-from okcell.calibration.features import FeatureCache, ReferenceFormat, extract_images
-from okcell.calibration.labelled import LabelledEmbeddings
-from okcell.calibration.report import write_report
-from okcell.calibration.thresholds import Risk, assess, assign_folds
-from okcell.edge.features import FeatureExtractor
-from okcell.edge.images import ImageError, list_images
-from okcell.edge.roi import Roi
-from okcell.edge.scoring import PatchScorer, check_aggregation
+from okcell import recipe as recipe_files
+from calibration.bank_index import IndexParams, build_index
+from calibration.coreset import SequentialCoreset
+from calibration.ef_tuning import EfTuning, tune_ef
+from calibration.reference_features import FeatureCache, ReferenceFormat, extract_images
+from calibration.labelled import LabelledEmbeddings
+from calibration.report import write_report
+from calibration.thresholds import Risk, assess, assign_folds
+from okcell.extractor import FeatureExtractor
+from okcell.images import ImageError, list_images
+from okcell.roi import Roi
+from okcell.scoring import PatchScorer, check_aggregation
 from okcell.schema import ConfigError, sha256_file
 
 DEFAULT_MAX_BANK = 100_000

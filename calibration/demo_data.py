@@ -2,7 +2,7 @@
 
 OK parts are crops of the photo as a production line would see them: a slightly different position and
 rotation each time, mirror images, small brightness/contrast/focus changes and sensor noise. NOK parts are
-fresh OK parts with one procedural defect from :mod:`okcell.calibration.synthetic`.
+fresh OK parts with one procedural defect from :mod:`calibration.synthetic`.
 
 Layout written under the output folder::
 
@@ -29,7 +29,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from okcell.calibration.synthetic import DEFECT_KINDS, add_defect, prepare_output_folder, write_png
+from calibration.synthetic import DEFECT_KINDS, add_defect, prepare_output_folder, write_png
 from okcell.schema import ConfigError
 
 # part type -> (RGB tint of the grey photo, texture pasted as foreign contamination)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from okcell.edge.scoring import ExactPatchScorer, PatchScorer
+from okcell.scoring import ExactPatchScorer, PatchScorer
 
 DEFAULT_TOLERANCE = 0.005
 MAX_EF = 2048

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from okcell.calibration.thresholds import Risk
+from calibration.thresholds import Risk
 
 _WIDTH, _HEIGHT = 1200, 720
 _PLOT = (80, 60, 760, 620)  # left, top, right, bottom of the plot area

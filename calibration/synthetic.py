@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from okcell.edge.images import IMAGE_SUFFIXES, ImageError, read_image
+from okcell.images import IMAGE_SUFFIXES, ImageError, read_image
 from okcell.schema import ConfigError
 
 DEFECT_KINDS = ("scratch", "stain", "hole", "contamination")

@@ -1,7 +1,7 @@
 """INT8 calibration data for ``okcell build-engine --int8``: reference images -> batches, and a reusable cache.
 
 :class:`CalibrationFeed` is the framework-free part (tested everywhere): images are read with
-:func:`okcell.edge.images.read_image` and preprocessed by :class:`okcell.edge.preprocess.Preprocessor`, exactly as
+:func:`okcell.images.read_image` and preprocessed by :class:`okcell.preprocess.Preprocessor`, exactly as
 at run time, in file-name order. The calibration cache is written next to a small JSON key; a later build of the
 same model and preprocessing reads the cache and never opens an image. :func:`entropy_calibrator` wraps a feed in
 TensorRT's ``IInt8EntropyCalibrator2`` (tensorrt and pycuda imported there).
@@ -19,9 +19,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from okcell.edge.images import ImageError, list_images, read_image
-from okcell.edge.preprocess import Preprocessor
-from okcell.export.sidecar import ModelSidecar
+from okcell.images import ImageError, list_images, read_image
+from okcell.preprocess import Preprocessor
+from okcell.sidecar import ModelSidecar
 from okcell.schema import ConfigError
 
 log = logging.getLogger(__name__)

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from okcell.export.sidecar import ModelSidecar, sidecar_path_for
+from okcell.sidecar import ModelSidecar, sidecar_path_for
 from okcell.schema import ConfigError, sha256_file
 
 if TYPE_CHECKING:
-    from okcell.export.sources import LoadedBackbone
+    from export.sources import LoadedBackbone
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
@@ -212,8 +212,8 @@ def remove_quietly(path: Path) -> None:
 def export_model(source: "str | Path | LoadedBackbone", options: ExportOptions, out: Path) -> ModelSidecar:
     """Export ``source`` to ``out`` (+ sidecar ``out.with_suffix('.json')``). Files only appear once the graph checks
     and the parity check (ParityError) passed; an existing model at ``out`` is kept untouched on failure."""
-    from okcell.export.parity import check_parity
-    from okcell.export.sources import LoadedBackbone, load_backbone
+    from export.parity import check_parity
+    from export.sources import LoadedBackbone, load_backbone
 
     out = Path(out)
     if out.suffix != ".onnx":

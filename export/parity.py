@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from okcell.edge.preprocess import Preprocessor
-from okcell.export.sidecar import ModelSidecar
+from okcell.preprocess import Preprocessor
+from okcell.sidecar import ModelSidecar
 
 MIN_PATCH_COSINE = 0.9999
 PARITY_IMAGES = ("astronaut", "coffee", "brick", "gravel")  # scikit-image photos: colour + grey textures
@@ -31,7 +31,7 @@ def reference_features(
     """Patch tokens + embedding from transformers' own forward (its own position-embedding interpolation)."""
     import torch
 
-    from okcell.export.onnx_export import fuse_patch_tokens
+    from export.onnx_export import fuse_patch_tokens
 
     skip = 1 + int(getattr(model.config, "num_register_tokens", 0))
     with torch.no_grad():

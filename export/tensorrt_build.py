@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from okcell.export.engine_sidecar import PRECISIONS, EngineSidecar, current_target, engine_sidecar_path
-from okcell.export.sidecar import ModelSidecar, load_verified
+from export.engine_sidecar import PRECISIONS, EngineSidecar, current_target, engine_sidecar_path
+from okcell.sidecar import ModelSidecar, load_verified
 from okcell.schema import ConfigError, sha256_file
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ def _keep_norms_fp32(network: "trt.INetworkDefinition") -> int:
 
 def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions) -> EngineSidecar:
     """Parse, build and write ``engine_path`` + its sidecar; the old engine is replaced only once the new one exists."""
-    from okcell.edge.backends.select import GPU_EXTRA_HINT, gpu_extra_missing
+    from okcell.gpu import GPU_EXTRA_HINT, gpu_extra_missing
 
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     model: ModelSidecar = load_verified(onnx_path)
@@ -248,7 +248,7 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions) -> E
     context = None
     calibrator = None
     if options.precision == "int8":
-        from okcell.export.int8_calibration import CalibrationFeed, entropy_calibrator
+        from export.int8_calibration import CalibrationFeed, entropy_calibrator
 
         cuda.init()
         context = cuda.Device(0).retain_primary_context()

@@ -4,7 +4,7 @@ tensorrt-stubs 10.13 is generated from the bindings and has a few lines that are
 ``in``, a non-default parameter after defaults). mypy stops on those, so ``make typecheck`` checks against this
 corrected copy; every other line is TensorRT's own.
 
-    python stubs/tensorrt_fixed.py build/mypy
+    python stubs/tensorrt_fixed.py build/typestubs
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from okcell.calibration.demo_data import DemoCounts
+from calibration.demo_data import DemoCounts
 
 DEMO_COUNTS = DemoCounts(train_ok=30, calib_nok_per_defect=2, holdout_ok=6, holdout_nok_per_defect=2)
 DEMO_SIZE = 256
@@ -14,8 +14,8 @@ DEMO_SIZE = 256
 
 @pytest.fixture(scope="session")
 def demo_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Root of a demo set (layout in :mod:`okcell.calibration.demo_data`): train/ok, calib/nok/<defect>, holdout/..."""
-    from okcell.calibration.demo_data import write_demo_set
+    """Root of a demo set (layout in :mod:`calibration.demo_data`): train/ok, calib/nok/<defect>, holdout/..."""
+    from calibration.demo_data import write_demo_set
 
     root = tmp_path_factory.mktemp("demo-images")
     write_demo_set(root, part="brick", size=DEMO_SIZE, counts=DEMO_COUNTS, seed=0)
@@ -25,8 +25,8 @@ def demo_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_recipe(exported_model: Path, demo_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Recipe directory calibrated on ``train/ok`` with the ``calib/nok`` defect folders (5 folds, k=1, top 1 %)."""
-    from okcell.calibration.build import CalibrationSettings, calibrate
-    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+    from calibration.build import CalibrationSettings, calibrate
+    from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 
     out = tmp_path_factory.mktemp("recipes") / "demo-recipe"
     settings = CalibrationSettings(ok_dir=demo_images / "train" / "ok", nok_dirs=(demo_images / "calib" / "nok",))

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from asyncua import Client, Node, ua
 
-from okcell.edge.opcua.cell_link import CellStatus, TriggerRefused
-from okcell.edge.opcua.config import OpcUaConfig, parse_opcua_config
-from okcell.edge.opcua.security import hash_password
-from okcell.edge.result import CellResult, InspectionResult
+from edge.runtime.control import CellStatus, TriggerRefused
+from edge.opcua.config import OpcUaConfig, parse_opcua_config
+from edge.opcua.security import hash_password
+from okcell.result import CellResult, InspectionResult
 from okcell.schema import ConfigError
 
 USER, PASSWORD = "plc", "line-7-secret"

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from okcell.edge.acquisition.producers import viky_producer
-from okcell.edge.bench_cell import capture_frames
-from okcell.edge.cell_config import CellConfig, load_cell_config
+from edge.acquisition.producers import viky_producer
+from edge.bench.cell import capture_frames
+from edge.runtime.cell_config import CellConfig, load_cell_config
 
 VIKY = viky_producer()
 FRAME_SIZE = 256  # demo_recipe is calibrated on 256x256 colour images; viky is set to the same size

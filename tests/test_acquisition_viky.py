@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from skimage import data
 
-from okcell.edge.acquisition.camera_features import FeatureSetting
-from okcell.edge.acquisition.harvester_source import CameraSettings, HarvesterSource
-from okcell.edge.acquisition.producers import viky_producer
-from okcell.edge.acquisition.replay_source import ReplaySource
-from okcell.edge.acquisition.source import SourceLost
+from edge.acquisition.camera_settings import FeatureSetting
+from edge.acquisition.harvester_source import CameraSettings, HarvesterSource
+from edge.acquisition.producers import viky_producer
+from edge.acquisition.replay_source import ReplaySource
+from edge.acquisition.source import SourceLost
 from okcell.schema import ConfigError
 
 VIKY = viky_producer()
@@ -165,7 +165,7 @@ def test_replay_source_software_and_paced(tmp_path: Path):
 
 
 def test_fetch_timeouts_are_counted():
-    from okcell.edge.acquisition.source import SourceTimeout
+    from edge.acquisition.source import SourceTimeout
 
     source = viky(mode="software", features=[FeatureSetting("AcquisitionFrameRate", 2.0)])
     source.open()
@@ -180,7 +180,7 @@ def test_fetch_timeouts_are_counted():
 
 
 def test_okcell_cameras_lists_devices_and_main_features(capsys):
-    from okcell.edge.cli import main
+    from edge.cli.main import main
 
     assert main(["cameras", "--producer", str(VIKY)]) == 0
     listing = capsys.readouterr().out

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 from skimage import data
 
-from okcell.edge.archive import ResultArchive
-from okcell.edge.heatmap import overlay
-from okcell.edge.result import CellResult, InspectionResult
+from edge.runtime.archive import ResultArchive
+from okcell.heatmap import overlay
+from okcell.result import CellResult, InspectionResult
 
 
 def draw_overlay(frame: np.ndarray, outcome: InspectionResult) -> np.ndarray:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from okcell.edge.backends.select import gpu_extra_missing, open_extractor
-from okcell.export.engine_sidecar import default_engine_path
+from edge.backends.select import open_extractor
+from okcell.gpu import gpu_extra_missing
+from export.engine_sidecar import default_engine_path
 from okcell.schema import ConfigError
 
 MISSING = gpu_extra_missing()
@@ -36,7 +37,7 @@ def test_auto_without_engine_falls_back_with_one_line_warning(model: Path, caplo
     with caplog.at_level(logging.WARNING):
         extractor = open_extractor(model, threads=1)
     assert extractor.backend_name == "onnxruntime"
-    [record] = [r for r in caplog.records if r.name == "okcell.edge.backends.select"]
+    [record] = [r for r in caplog.records if r.name == "edge.backends.select"]
     message = record.getMessage()
     assert "\n" not in message
     assert f"no TensorRT engine at {default_engine_path(model)}" in message and "okcell build-engine" in message
@@ -50,7 +51,7 @@ def test_auto_with_engine_but_no_gpu_extra_names_what_is_missing(model: Path, ca
     with caplog.at_level(logging.WARNING):
         extractor = open_extractor(model, engine_path=engine, threads=1)
     assert extractor.backend_name == "onnxruntime"
-    [record] = [r for r in caplog.records if r.name == "okcell.edge.backends.select"]
+    [record] = [r for r in caplog.records if r.name == "edge.backends.select"]
     assert "gpu extra is missing" in record.getMessage()
     assert ("tensorrt" in record.getMessage()) or ("pycuda" in record.getMessage())
     extractor.close()

@@ -7,18 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from okcell.calibration.bank_index import IndexParams, build_index, load_index
-from okcell.calibration.recipe import Recipe
-from okcell.edge.images import read_image
-from okcell.edge.scoring import ExactPatchScorer, PatchScorer, aggregate, bank_vectors
-from okcell.export.sidecar import load_verified
+from calibration.bank_index import IndexParams, build_index, load_index
+from okcell.recipe import Recipe
+from okcell.images import read_image
+from okcell.scoring import ExactPatchScorer, PatchScorer, aggregate, bank_vectors
+from okcell.sidecar import load_verified
 from okcell.schema import ConfigError
 
 
 @pytest.fixture(scope="module")
 def holdout_patches(exported_model: Path, demo_images: Path) -> np.ndarray:
     """(B, N, C) patch features of the demo hold-out OK and NOK parts."""
-    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+    from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 
     paths = sorted((demo_images / "holdout").rglob("*.png"))[:10]
     extractor = OnnxRuntimeExtractor(exported_model)

@@ -9,10 +9,10 @@ from pathlib import Path
 import cv2
 import pytest
 
-from okcell.calibration.recipe import MANIFEST_FILE, Recipe
-from okcell.edge.cli import main
-from okcell.edge.images import list_images, read_image
-from okcell.export.sidecar import load_verified
+from okcell.recipe import MANIFEST_FILE, Recipe
+from edge.cli.main import main
+from okcell.images import list_images, read_image
+from okcell.sidecar import load_verified
 
 
 @pytest.fixture(scope="module")

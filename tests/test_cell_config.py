@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from okcell.edge.acquisition.producers import viky_producer
-from okcell.edge.cell_config import load_cell_config
+from edge.acquisition.producers import viky_producer
+from edge.runtime.cell_config import load_cell_config
 from okcell.schema import ConfigError
 
 VIKY = viky_producer()
@@ -109,7 +109,7 @@ def test_not_yaml_and_not_a_mapping(cell_dir):
 
 
 def test_okcell_run_refuses_a_bad_config_before_starting(cell_dir, capsys):
-    from okcell.edge.cli import main
+    from edge.cli.main import main
 
     data = camera_config()
     data["archive"]["quota_mb"] = "lots"

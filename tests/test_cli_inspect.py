@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from okcell.edge.cli import main
+from edge.cli.main import main
 
 
 @pytest.fixture(scope="module")

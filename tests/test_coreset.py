@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from okcell.calibration.coreset import RandomProjection, SequentialCoreset, coverage_radius, greedy_kcenter, min_sq_distances
+from calibration.coreset import RandomProjection, SequentialCoreset, coverage_radius, greedy_kcenter, min_sq_distances
 
 
 def texture_patches(size: int, stride: int) -> np.ndarray:

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from okcell.calibration.demo_data import DemoCounts, write_demo_set
-from okcell.calibration.synthetic import DEFECT_KINDS
+from calibration.demo_data import DemoCounts, write_demo_set
+from calibration.synthetic import DEFECT_KINDS
 from okcell.schema import ConfigError
 
 COUNTS = DemoCounts(train_ok=4, calib_nok_per_defect=1, holdout_ok=2, holdout_nok_per_defect=2)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from okcell.calibration.bank_index import IndexParams, build_index
-from okcell.calibration.ef_tuning import tune_ef
-from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
-from okcell.edge.images import read_image
-from okcell.edge.scoring import ExactPatchScorer, PatchScorer
+from calibration.bank_index import IndexParams, build_index
+from calibration.ef_tuning import tune_ef
+from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+from okcell.images import read_image
+from okcell.scoring import ExactPatchScorer, PatchScorer
 
 
 def test_tuned_ef_meets_tolerance_on_real_features(exported_model: Path, demo_images: Path) -> None:

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from okcell.export.engine_sidecar import (
+from export.engine_sidecar import (
     BuildTarget,
     EngineSidecar,
     default_engine_path,
     engine_sidecar_path,
     verify_engine,
 )
-from okcell.export.sidecar import load_verified
+from okcell.sidecar import load_verified
 from okcell.schema import ConfigError, sha256_file
 
 ORIN = BuildTarget("10.3.0", "Orin", (8, 7))

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from okcell.edge.backends import gpu_preprocess
-from okcell.edge.backends.gpu_preprocess import KERNEL_SOURCE, PREPARED_ARGS, check_frame, kernel_args
-from okcell.edge.preprocess import Preprocessor
-from okcell.export.sidecar import ModelSidecar
+from edge.backends import gpu_preprocess
+from edge.backends.gpu_preprocess import KERNEL_SOURCE, PREPARED_ARGS, check_frame, kernel_args
+from okcell.preprocess import Preprocessor
+from okcell.sidecar import ModelSidecar
 
 SIDECAR = ModelSidecar(
     onnx_file="model.onnx", onnx_sha256="0" * 64, input_size=(224, 224), patch_size=14, feature_dim=384,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from okcell.calibration.demo_data import make_part, texture
-from okcell.edge.heatmap import anomaly_map, overlay
+from calibration.demo_data import make_part, texture
+from okcell.heatmap import anomaly_map, overlay
 
 
 def _peaked(rows: int = 16, cols: int = 16, at: tuple[int, int] = (5, 11)) -> np.ndarray:

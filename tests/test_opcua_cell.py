@@ -15,10 +15,10 @@ import yaml
 from asyncua import ua
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from okcell.calibration.recipe import BANK_FILE
-from okcell.edge.cell_config import load_cell_config
-from okcell.edge.opcua.server import OpcUaServer
-from okcell.edge.service import CellService
+from okcell.recipe import BANK_FILE
+from edge.runtime.cell_config import load_cell_config
+from edge.opcua.server import OpcUaServer
+from edge.runtime.service import CellService
 from opcua_support import PASSWORD_HASH, USER, EventCollector, cell_node, connect, free_port, subscribe_results, var
 
 

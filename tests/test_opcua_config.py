@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from okcell.edge.opcua.config import parse_opcua_config
-from okcell.edge.opcua.security import hash_password, verify_password
+from edge.opcua.config import parse_opcua_config
+from edge.opcua.security import hash_password, verify_password
 from okcell.schema import ConfigError
 from opcua_support import PASSWORD_HASH
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from asyncua import Client, ua
 
-from okcell.edge.opcua.server import OpcUaServer
-from okcell.edge.result import InspectionResult
+from edge.opcua.server import OpcUaServer
+from okcell.result import InspectionResult
 from opcua_support import DrivenCell, cell_node, connect, free_port, make_config, var
 
 

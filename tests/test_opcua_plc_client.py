@@ -13,10 +13,10 @@ import pytest
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
-from okcell.edge.opcua.config import parse_opcua_config
-from okcell.edge.opcua.plc_client import PlcClientSink
-from okcell.edge.opcua.security import ensure_server_certificate
-from okcell.edge.result import CellResult, InspectionResult
+from edge.opcua.config import parse_opcua_config
+from edge.opcua.plc_client import PlcClientSink
+from edge.opcua.security import ensure_server_certificate
+from okcell.result import CellResult, InspectionResult
 from opcua_support import PASSWORD_HASH, free_port
 
 PLC_NODES = {  # field -> (identifier, PLC data type)

@@ -17,9 +17,9 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.ua.uaerrors import UaStatusCodeError
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from okcell.edge.opcua.security import SERVER_CERT, SERVER_KEY, ensure_server_certificate
-from okcell.edge.opcua.server import APPLICATION_URI, OpcUaServer
-from okcell.edge.result import InspectionResult
+from edge.opcua.security import SERVER_CERT, SERVER_KEY, ensure_server_certificate
+from edge.opcua.server import APPLICATION_URI, OpcUaServer
+from okcell.result import InspectionResult
 from opcua_support import PASSWORD, USER, DrivenCell, cell_node, free_port, make_config, var
 
 SECURE = ["Basic256Sha256_SignAndEncrypt", "Basic256Sha256_Sign"]

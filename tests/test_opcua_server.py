@@ -11,8 +11,8 @@ import pytest
 from asyncua import ua
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from okcell.edge.opcua.server import OpcUaServer
-from okcell.edge.result import InspectionResult
+from edge.opcua.server import OpcUaServer
+from okcell.result import InspectionResult
 from okcell.schema import ConfigError
 from opcua_support import DrivenCell, EventCollector, cell_node, connect, free_port, make_config, subscribe_results, var
 

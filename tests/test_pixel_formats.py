@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from okcell.edge.acquisition.pixel_formats import SUPPORTED_PIXEL_FORMATS, PixelFormatError, to_frame
+from edge.acquisition.pixel_formats import SUPPORTED_PIXEL_FORMATS, PixelFormatError, to_frame
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from okcell.calibration.labelled import LabelledEmbeddings
-from okcell.calibration.recipe import BANK_FILE, LABELLED_FILE, MANIFEST_FILE, Recipe, compute_recipe_id
-from okcell.edge.images import list_images, read_image
-from okcell.edge.roi import Roi
-from okcell.export.sidecar import ModelSidecar, load_verified
+from calibration.labelled import LabelledEmbeddings
+from okcell.recipe import BANK_FILE, LABELLED_FILE, MANIFEST_FILE, Recipe, compute_recipe_id
+from okcell.images import list_images, read_image
+from okcell.roi import Roi
+from okcell.sidecar import ModelSidecar, load_verified
 from okcell.schema import ConfigError
 
 
@@ -59,7 +59,7 @@ def test_load_exposes_what_the_runtime_needs(demo_recipe: Path, demo_images: Pat
 
 
 def test_recipe_separates_demo_holdout(demo_recipe: Path, demo_images: Path, exported_model: Path, sidecar: ModelSidecar) -> None:
-    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+    from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 
     recipe = Recipe.load(demo_recipe, sidecar)
     extractor = OnnxRuntimeExtractor(exported_model)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from okcell.edge.result import CellResult
-from okcell.edge.service import CellService
+from okcell.result import CellResult
+from edge.runtime.service import CellService
 from okcell.schema import ConfigError
 from service_support import NotifyListener, capture_viky_frames, viky_camera, write_cell_config
 
@@ -19,8 +19,8 @@ from service_support import NotifyListener, capture_viky_frames, viky_camera, wr
 @pytest.fixture(scope="module")
 def recipes(exported_model: Path, demo_recipe: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of recipes: ``demo`` (colour, 256 px demo parts) and ``viky-mono`` (calibrated on viky Mono8 frames)."""
-    from okcell.calibration.build import CalibrationSettings, calibrate
-    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+    from calibration.build import CalibrationSettings, calibrate
+    from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 
     root = tmp_path_factory.mktemp("cell-recipes")
     shutil.copytree(demo_recipe, root / "demo")
@@ -71,7 +71,7 @@ def test_free_run_300_frames_rgba8(exported_model, recipes, tmp_path):
 class ResultArchiveReader:
     @staticmethod
     def rows(config, since_cycle: int) -> list[dict]:
-        from okcell.edge.archive import ResultArchive
+        from edge.runtime.archive import ResultArchive
 
         archive = ResultArchive(config.archive.directory)
         try:

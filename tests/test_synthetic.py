@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from okcell.calibration.demo_data import make_part, texture
-from okcell.calibration.synthetic import DEFECT_KINDS, add_defect, parse_kinds, synthesize_folder
-from okcell.edge.cli import main
+from calibration.demo_data import make_part, texture
+from calibration.synthetic import DEFECT_KINDS, add_defect, parse_kinds, synthesize_folder
+from edge.cli.main import main
 from okcell.schema import ConfigError
 
 

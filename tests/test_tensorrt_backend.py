@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import skimage.data
 
-from okcell.edge.backends.select import gpu_extra_missing
-from okcell.edge.backends.tensorrt_backend import CudaGraphs, l2_normalise
-from okcell.export import cli_build_engine
-from okcell.export.engine_sidecar import engine_sidecar_path
-from okcell.export.sidecar import ModelSidecar
-from okcell.export.tensorrt_build import BatchProfile, BuildOptions, ParserIssue, ProgressPrinter, batch_profile, unsupported_report
+from okcell.gpu import gpu_extra_missing
+from edge.backends.tensorrt_backend import CudaGraphs, l2_normalise
+from edge.cli import build_engine as cli_build_engine
+from export.engine_sidecar import engine_sidecar_path
+from okcell.sidecar import ModelSidecar
+from export.tensorrt_build import BatchProfile, BuildOptions, ParserIssue, ProgressPrinter, batch_profile, unsupported_report
 from okcell.schema import ConfigError
 
 GPU_EXTRA_MISSING = gpu_extra_missing()
@@ -126,9 +126,9 @@ def test_build_engine_cli_without_tensorrt_says_what_is_missing(model: Path) -> 
 def test_tensorrt_modules_import_without_tensorrt_or_pycuda() -> None:
     """The TensorRT/pycuda imports are lazy: a CPU machine (and `okcell run` with ONNX Runtime) never loads them."""
     modules = [
-        "okcell.export.cli_build_engine", "okcell.export.tensorrt_build", "okcell.export.int8_calibration",
-        "okcell.export.engine_sidecar", "okcell.edge.backends.tensorrt_backend", "okcell.edge.backends.gpu_preprocess",
-        "okcell.edge.backends.select",
+        "edge.cli.build_engine", "export.tensorrt_build", "export.int8_calibration",
+        "export.engine_sidecar", "edge.backends.tensorrt_backend", "edge.backends.gpu_preprocess",
+        "edge.backends.select",
     ]
     code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'pycuda', 'cuda')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -162,7 +162,7 @@ def test_cuda_graph_replays_the_preprocessing_with_new_frames() -> None:
     _cuda_graph_runtime()
     import pycuda.driver as cuda
 
-    from okcell.edge.backends.gpu_preprocess import GpuPreprocessor
+    from edge.backends.gpu_preprocess import GpuPreprocessor
 
     sidecar = ModelSidecar(
         onnx_file="m.onnx", onnx_sha256="0" * 64, input_size=(224, 224), patch_size=14, feature_dim=384,
@@ -207,8 +207,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @needs_tensorrt
 def test_fp16_engine_matches_onnxruntime(model: Path, tmp_path: Path) -> None:
-    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
-    from okcell.edge.backends.select import open_extractor
+    from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+    from edge.backends.select import open_extractor
 
     engine = tmp_path / "model.engine"
     assert build_engine_cli([str(model), "--fp16", "-o", str(engine), "--workspace", "1024"]) == 0

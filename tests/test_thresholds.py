@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from okcell.calibration.thresholds import RateEstimate, assess, assign_folds, choose_threshold, clopper_pearson_upper
+from calibration.thresholds import RateEstimate, assess, assign_folds, choose_threshold, clopper_pearson_upper
 
 
 @pytest.mark.parametrize(

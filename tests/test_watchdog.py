@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from okcell.edge.sdnotify import SdNotifier, watchdog_interval_s
-from okcell.edge.watchdog import CellWatchdog, StageHeartbeat
+from edge.runtime.sdnotify import SdNotifier, watchdog_interval_s
+from edge.runtime.watchdog import CellWatchdog, StageHeartbeat
 
 
 class NotifySocket:

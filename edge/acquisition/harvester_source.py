@@ -1,6 +1,6 @@
 """GenICam cameras through harvesters (GenTL): device selection, features, trigger modes, buffers, reconnects.
 
-Trigger modes (see :mod:`okcell.edge.acquisition.source`): ``software`` executes ``TriggerSoftware`` per request when
+Trigger modes (see :mod:`edge.acquisition.source`): ``software`` executes ``TriggerSoftware`` per request when
 the camera has it (``TriggerMode=On``, ``TriggerSource=Software``); a camera without that command streams and the
 request takes the next frame completed after it (frames queued before the request are discarded, not counted as
 drops). ``hardware`` sets ``TriggerMode=On`` on the configured line and returns frames in arrival order.
@@ -19,9 +19,9 @@ from typing import Any
 from genicam.gentl import TimeoutException
 from harvesters.core import Buffer, Harvester, ImageAcquirer
 
-from okcell.edge.acquisition.camera_features import FeatureSetting, apply_features, feature_names
-from okcell.edge.acquisition.pixel_formats import to_frame
-from okcell.edge.acquisition.source import Frame, SourceLost, SourceStats, SourceTimeout, TriggerMode
+from edge.acquisition.camera_settings import FeatureSetting, apply_features, feature_names
+from edge.acquisition.pixel_formats import to_frame
+from edge.acquisition.source import Frame, SourceLost, SourceStats, SourceTimeout, TriggerMode
 from okcell.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class CameraSettings:
 
 
 class HarvesterSource:
-    """A :class:`~okcell.edge.acquisition.source.FrameSource` on a GenTL producer."""
+    """A :class:`~edge.acquisition.source.FrameSource` on a GenTL producer."""
 
     def __init__(self, settings: CameraSettings) -> None:
         self.settings = settings

@@ -11,13 +11,13 @@ from typing import Sequence
 
 import numpy as np
 
-from okcell.edge.acquisition.source import Frame, SourceLost, SourceStats, TriggerMode
-from okcell.edge.images import list_images, read_image
+from edge.acquisition.source import Frame, SourceLost, SourceStats, TriggerMode
+from okcell.images import list_images, read_image
 from okcell.schema import ConfigError
 
 
 class ReplaySource:
-    """A :class:`~okcell.edge.acquisition.source.FrameSource` over image files."""
+    """A :class:`~edge.acquisition.source.FrameSource` over image files."""
 
     def __init__(self, images: Path | str | Sequence[Path | str], trigger_mode: TriggerMode = "software",
                  rate_hz: float = 10.0, loop: bool = True, config_source: str = "config") -> None:

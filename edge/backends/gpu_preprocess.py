@@ -1,6 +1,6 @@
 """GPU preprocessing: uint8 frame -> normalised (3, H, W) fp32/fp16 tensor, one CUDA kernel per frame.
 
-The kernel reproduces :class:`okcell.edge.preprocess.Preprocessor` bit for bit: mono -> RGB, OpenCV's
+The kernel reproduces :class:`okcell.preprocess.Preprocessor` bit for bit: mono -> RGB, OpenCV's
 ``cv2.INTER_LINEAR`` resize of 8-bit images (half-pixel centres, 11-bit fixed-point weights rounded
 half-to-even, horizontal pass in int32, vertical pass ``((b0*(h0>>4))>>16 + (b1*(h1>>4))>>16 + 2) >> 2``,
 edge columns clamped with zero weight, edge rows clamped with their computed weights), RGB/BGR order,
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from okcell.export.sidecar import ModelSidecar
-from okcell.edge.preprocess import Preprocessor
+from okcell.sidecar import ModelSidecar
+from okcell.preprocess import Preprocessor
 
 if TYPE_CHECKING:
     import pycuda.driver as cuda

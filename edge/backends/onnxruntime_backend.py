@@ -8,9 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from okcell.edge.features import Features
-from okcell.edge.preprocess import Preprocessor
-from okcell.export.sidecar import load_verified
+from okcell.extractor import Features
+from okcell.preprocess import Preprocessor
+from okcell.sidecar import load_verified
 from okcell.schema import ConfigError
 
 

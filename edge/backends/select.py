@@ -9,31 +9,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from okcell.edge.features import FeatureExtractor
-from okcell.export.engine_sidecar import default_engine_path
+from okcell.extractor import FeatureExtractor
+from export.engine_sidecar import default_engine_path
+from okcell.gpu import GPU_EXTRA_HINT, gpu_extra_missing
 from okcell.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
-GPU_EXTRA_HINT = "install the gpu extra on the target: TensorRT from JetPack/NVIDIA (python3-libnvinfer) and `pip install pycuda`"
-
-
-def gpu_extra_missing() -> str | None:
-    """None when tensorrt and pycuda import here; otherwise what is missing, e.g. ``"pycuda (No module named ...)"``."""
-    missing = []
-    try:
-        import tensorrt
-
-        if not hasattr(tensorrt, "Builder"):  # tensorrt-stubs alone leave an empty namespace package
-            missing.append("tensorrt (only its type stubs are installed)")
-    except Exception as exc:  # ImportError, or OSError when libnvinfer is absent
-        missing.append(f"tensorrt ({exc})")
-    try:
-        import pycuda.driver  # noqa: F401
-    except Exception as exc:
-        missing.append(f"pycuda ({exc})")
-    return "; ".join(missing) or None
 
 
 def open_extractor(
@@ -71,12 +54,12 @@ def open_extractor(
 
 
 def _onnxruntime(onnx_path: Path, threads: int | None) -> FeatureExtractor:
-    from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+    from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 
     return OnnxRuntimeExtractor(onnx_path, threads)
 
 
 def _tensorrt(engine: Path, onnx_path: Path) -> FeatureExtractor:
-    from okcell.edge.backends.tensorrt_backend import TensorRTExtractor
+    from edge.backends.tensorrt_backend import TensorRTExtractor
 
     return TensorRTExtractor(engine, onnx_path)

@@ -2,10 +2,10 @@
 
 One execution context; tensors bound by name (``set_tensor_address``) and run with ``execute_async_v3``; device
 buffers and page-locked host buffers are allocated once for the engine's largest batch. Frames are uploaded and
-preprocessed on the GPU by :mod:`okcell.edge.backends.gpu_preprocess` (bit-identical to the CPU ``Preprocessor``).
+preprocessed on the GPU by :mod:`edge.backends.gpu_preprocess` (bit-identical to the CPU ``Preprocessor``).
 With ``cuda_graph=True`` (needs the ``cuda-python`` package) the steady-state cycle — upload, preprocessing,
 inference, download — is captured once per batch/frame-shape combination and replayed.
-Outputs are what :class:`~okcell.edge.backends.onnxruntime_backend.OnnxRuntimeExtractor` returns: float32 patch
+Outputs are what :class:`~edge.backends.onnxruntime_backend.OnnxRuntimeExtractor` returns: float32 patch
 tokens and embedding, each L2-normalised, with the sidecar's patch grid.
 """
 
@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 import numpy as np
 
-from okcell.edge.features import Features
-from okcell.export.engine_sidecar import EngineSidecar, current_target, engine_sidecar_path, verify_engine
-from okcell.export.sidecar import load_verified
+from okcell.extractor import Features
+from export.engine_sidecar import EngineSidecar, current_target, engine_sidecar_path, verify_engine
+from okcell.sidecar import load_verified
 from okcell.schema import ConfigError
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from okcell.edge.backends.gpu_preprocess import GpuPreprocessor
+    from edge.backends.gpu_preprocess import GpuPreprocessor
 
 
 def l2_normalise(values: np.ndarray) -> np.ndarray:
@@ -62,7 +62,7 @@ class TensorRTExtractor:
         import pycuda.driver as cuda
         import tensorrt as trt
 
-        from okcell.edge.backends.gpu_preprocess import GpuPreprocessor
+        from edge.backends.gpu_preprocess import GpuPreprocessor
 
         self.engine_path = Path(engine_path)
         if onnx_path is None:  # the ONNX the engine was built from, expected next to it

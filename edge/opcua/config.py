@@ -152,7 +152,7 @@ def _users(value: Any, where: str) -> tuple[UserAccount, ...]:
         if not PASSWORD_HASH.match(digest):
             raise ConfigError(
                 f"{item_where}: field 'password_hash' must be a pbkdf2_sha256$... hash made with "
-                "'python -m okcell.edge.opcua.security hash-password', not a plain password"
+                "'python -m edge.opcua.security hash-password', not a plain password"
             )
         if any(user.name == name for user in users):
             raise ConfigError(f"{item_where}: user {name!r} is listed twice")

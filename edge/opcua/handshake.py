@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from asyncua import Server
 
-from okcell.edge.opcua.address_space import CellNodes, read_value, write_value
+from edge.opcua.address_space import CellNodes, read_value, write_value
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 from asyncua import Client, ua
 from asyncua.crypto import security_policies
 
-from okcell.edge.opcua.cell_link import ResultRecord
-from okcell.edge.opcua.config import OpcUaConfig, PlcClientConfig
-from okcell.edge.opcua.security import ensure_server_certificate
-from okcell.edge.result import CellResult
+from edge.runtime.control import ResultRecord
+from edge.opcua.config import OpcUaConfig, PlcClientConfig
+from edge.opcua.security import ensure_server_certificate
+from okcell.result import CellResult
 
 log = logging.getLogger(__name__)
 

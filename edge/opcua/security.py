@@ -1,6 +1,6 @@
 """Server security: certificate on first start, trusted-client folder, users, read-only anonymous, policy choice.
 
-Make a password hash for ``cell.yaml`` with ``python -m okcell.edge.opcua.security hash-password``.
+Make a password hash for ``cell.yaml`` with ``python -m edge.opcua.security hash-password``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from okcell.edge.opcua.config import OpcUaConfig, UserAccount
+from edge.opcua.config import OpcUaConfig, UserAccount
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,10 @@ def _safe_name(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m okcell.edge.opcua.security hash-password``: print a hash for the ``users`` list."""
+    """``python -m edge.opcua.security hash-password``: print a hash for the ``users`` list."""
     args = sys.argv[1:] if argv is None else argv
     if args != ["hash-password"]:
-        print("usage: python -m okcell.edge.opcua.security hash-password", file=sys.stderr)
+        print("usage: python -m edge.opcua.security hash-password", file=sys.stderr)
         return 2
     password = getpass.getpass("password: ")
     if password != getpass.getpass("again: "):

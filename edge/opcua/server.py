@@ -16,12 +16,12 @@ import numpy as np
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
-from okcell.edge.opcua.address_space import CellNodes, build_address_space, write_value
-from okcell.edge.opcua.cell_link import CELL_STATES, CellControl, CellStatus, ResultRecord, TriggerRefused
-from okcell.edge.opcua.config import OpcUaConfig
-from okcell.edge.opcua.handshake import PollingHandshake, PublishedResults
-from okcell.edge.opcua.security import apply_security
-from okcell.edge.result import CellResult
+from edge.opcua.address_space import CellNodes, build_address_space, write_value
+from edge.runtime.control import CELL_STATES, CellControl, CellStatus, ResultRecord, TriggerRefused
+from edge.opcua.config import OpcUaConfig
+from edge.opcua.handshake import PollingHandshake, PublishedResults
+from edge.opcua.security import apply_security
+from okcell.result import CellResult
 from okcell.schema import ConfigError
 
 log = logging.getLogger(__name__)

@@ -29,20 +29,20 @@ class LoadedBackbone:
 
 def load_backbone(spec: str | Path) -> LoadedBackbone:
     """Load ``spec`` ("embedded", a folder or a ``.pth``/``.pt`` file); ConfigError says what was found/expected."""
-    from okcell.export.sources.roles import build_model
+    from export.sources.roles import build_model
 
     if str(spec) == EMBEDDED:
-        from okcell.export.sources.embedded import load_embedded
+        from export.sources.embedded import load_embedded
 
         config, tensors, info = load_embedded()
     else:
         path = Path(spec)
         if path.is_dir():
-            from okcell.export.sources.huggingface import load_huggingface
+            from export.sources.huggingface import load_huggingface
 
             config, tensors, info = load_huggingface(path)
         elif path.is_file() and path.suffix in (".pth", ".pt"):
-            from okcell.export.sources.torchhub import load_torchhub
+            from export.sources.torchhub import load_torchhub
 
             config, tensors, info = load_torchhub(path)
         elif path.exists():

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from okcell.export.sources.roles import config_from_roles, role_of_hf_key
+from export.sources.roles import config_from_roles, role_of_hf_key
 from okcell.schema import ConfigError
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from okcell.export.sources.roles import role_of_hf_key
+from export.sources.roles import role_of_hf_key
 from okcell.schema import ConfigError
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from okcell.export.sources.roles import config_from_roles
+from export.sources.roles import config_from_roles
 from okcell.schema import ConfigError
 
 if TYPE_CHECKING:

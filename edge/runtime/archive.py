@@ -22,7 +22,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from okcell.edge.result import CellResult, InspectionResult
+from okcell.result import CellResult, InspectionResult
 
 Overlay = Callable[[np.ndarray, InspectionResult], np.ndarray]  # frame, inspection -> BGR heatmap overlay
 
@@ -48,7 +48,7 @@ _IMAGE_QUEUE_DEPTH = 32
 
 
 class ResultArchive:
-    """A :class:`~okcell.edge.outputs.ResultSink` that stores results (``directory/results.sqlite``) and images
+    """A :class:`~edge.runtime.outputs.ResultSink` that stores results (``directory/results.sqlite``) and images
     (``directory/images/``). ``overlay`` draws the heatmap PNG (without it only the frame is stored)."""
 
     name = "archive"

@@ -1,10 +1,10 @@
 """The running cell: acquisition -> inference -> outputs, each stage a thread joined by bounded queues.
 
-Every trigger gets exactly one :class:`~okcell.edge.result.CellResult`: OK or NOK from a completed inspection, or
+Every trigger gets exactly one :class:`~okcell.result.CellResult`: OK or NOK from a completed inspection, or
 ERROR with the reason (no frame, camera lost, stage stalled, inspection failed). Cycles are numbered monotonically,
 continuing from the archive. Results go to the archive first (committed) and then to the other sinks.
 
-Control (thread-safe; this implements ``okcell.edge.opcua.cell_link.CellControl``):
+Control (thread-safe; this implements ``edge.runtime.control.CellControl``):
 ``request_trigger(part_id) -> cycle`` (software trigger), ``add_sink(sink)``, ``wait_result(cycle, timeout)``,
 ``reload_recipe()`` / ``activate_recipe(id)`` (a bad recipe is refused, the old one keeps running, no cycle lost),
 ``start()``/``stop()`` (accept or refuse triggers), ``reset()``, ``status()``.
@@ -24,16 +24,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from okcell.edge.acquisition.replay_source import ReplaySource
-from okcell.edge.acquisition.source import FrameSource, SourceError, SourceTimeout
-from okcell.edge.archive import ResultArchive
-from okcell.edge.cell_config import STAGES, CellConfig
-from okcell.edge.opcua.cell_link import CellStatus, TriggerRefused
-from okcell.edge.outputs import ResultSink
-from okcell.edge.result import CellResult, InspectionResult
-from okcell.edge.sdnotify import SdNotifier
-from okcell.edge.stages import STOP, Job, TimingWindow
-from okcell.edge.watchdog import CellWatchdog, StageHeartbeat
+from edge.acquisition.replay_source import ReplaySource
+from edge.acquisition.source import FrameSource, SourceError, SourceTimeout
+from edge.runtime.archive import ResultArchive
+from edge.runtime.cell_config import STAGES, CellConfig
+from edge.runtime.control import CellStatus, TriggerRefused
+from edge.runtime.outputs import ResultSink
+from okcell.result import CellResult, InspectionResult
+from edge.runtime.sdnotify import SdNotifier
+from edge.runtime.stages import STOP, Job, TimingWindow
+from edge.runtime.watchdog import CellWatchdog, StageHeartbeat
 from okcell.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,10 @@ _RECENT_RESULTS = 1024
 class Inspection:
     """The loaded model + recipe: what the inference stage calls."""
 
-    inspector: Any  # okcell.edge.inspector.Inspector
-    recipe: Any  # okcell.calibration.recipe.Recipe
+    inspector: Any  # edge.runtime.inspector.Inspector
+    recipe: Any  # okcell.recipe.Recipe
     recipe_dir: Path
-    extractor: Any  # okcell.edge.features.FeatureExtractor
+    extractor: Any  # okcell.extractor.FeatureExtractor
 
     @property
     def recipe_id(self) -> str:
@@ -59,7 +59,7 @@ class Inspection:
 def open_source(config: CellConfig) -> FrameSource:
     """The frame source the config describes (camera or replay)."""
     if config.camera is not None:
-        from okcell.edge.acquisition.harvester_source import HarvesterSource
+        from edge.acquisition.harvester_source import HarvesterSource
 
         return HarvesterSource(config.camera)
     assert config.replay is not None
@@ -507,9 +507,9 @@ class CellService:
     def _load_inspection(self, recipe_dir: Path, extractor: Any = None) -> Inspection:
         """Open the recipe in ``recipe_dir`` and the model (unless ``extractor`` is given: a recipe switch keeps the
         running model). Raises ConfigError naming the file if either is bad."""
-        from okcell.calibration.recipe import Recipe
-        from okcell.edge.inspector import Inspector
-        from okcell.export.sidecar import load_verified
+        from okcell.recipe import Recipe
+        from edge.runtime.inspector import Inspector
+        from okcell.sidecar import load_verified
 
         model = self.config.model
         sidecar = load_verified(model.onnx)
@@ -521,10 +521,10 @@ class CellService:
     def _open_extractor(self) -> Any:
         model = self.config.model
         if model.backend == "onnxruntime":
-            from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+            from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 
             return OnnxRuntimeExtractor(model.onnx, threads=model.threads)
-        from okcell.edge.backends.select import open_extractor
+        from edge.backends.select import open_extractor
 
         return open_extractor(model.onnx, backend=model.backend, engine_path=model.engine, threads=model.threads)
 
@@ -555,7 +555,7 @@ class CellService:
 
     def _overlay(self, frame: np.ndarray, outcome: InspectionResult) -> np.ndarray:
         """The archived heatmap: anomaly map blended into the active recipe's ROI (BGR)."""
-        from okcell.edge.heatmap import overlay
+        from okcell.heatmap import overlay
 
         roi = self._inspection.recipe.roi if self._inspection else None
         box = (roi.x, roi.y, roi.width, roi.height) if roi is not None else None

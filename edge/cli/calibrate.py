@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from okcell.calibration.bank_index import IndexParams
-from okcell.calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, CalibrationSummary
-from okcell.calibration.report import risk_lines
-from okcell.edge.roi import Roi
-from okcell.edge.scoring import AGGREGATIONS
+from calibration.bank_index import IndexParams
+from calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, CalibrationSummary
+from calibration.report import risk_lines
+from okcell.roi import Roi
+from okcell.scoring import AGGREGATIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +56,8 @@ def print_summary(summary: CalibrationSummary) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from okcell.calibration.build import calibrate
-    from okcell.edge.backends.select import open_extractor
+    from calibration.build import calibrate
+    from edge.backends.select import open_extractor
 
     settings = CalibrationSettings(
         ok_dir=args.ok,

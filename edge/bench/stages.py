@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for size in sizes:
         ensure_model(args.models_dir, size, args.layers)
-        command = [sys.executable, "-m", "okcell.edge.cli", "bench", "stages", "--one-size", str(size),
+        command = [sys.executable, "-m", "edge.cli.main", "bench", "stages", "--one-size", str(size),
                    "--models-dir", str(args.models_dir), "--backend", args.backend, "--frames", str(args.frames),
                    "--warmup", str(args.warmup), "--train", str(args.train)]
         if args.threads is not None:
@@ -99,7 +99,7 @@ def ensure_model(models_dir: Path, size: int, layers: str) -> Path:
 
     path = model_path(models_dir, size)
     if not path.is_file():
-        from okcell.export.onnx_export import ExportOptions, export_model
+        from export.onnx_export import ExportOptions, export_model
 
         try:
             blocks = tuple(int(v) for v in layers.split(","))
@@ -116,12 +116,12 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
     """Calibrate a small recipe at ``args.one_size`` and time ``args.frames`` inspections (runs in a child)."""
     import cv2
 
-    from okcell.calibration.build import CalibrationSettings, calibrate
-    from okcell.calibration.demo_data import DemoCounts, stderr_progress, write_demo_set
-    from okcell.calibration.recipe import Recipe
-    from okcell.edge.backends.select import open_extractor
-    from okcell.edge.images import read_image
-    from okcell.edge.inspector import Inspector
+    from calibration.build import CalibrationSettings, calibrate
+    from calibration.demo_data import DemoCounts, stderr_progress, write_demo_set
+    from okcell.recipe import Recipe
+    from edge.backends.select import open_extractor
+    from okcell.images import read_image
+    from edge.runtime.inspector import Inspector
 
     size = args.one_size
     model = model_path(args.models_dir, size)

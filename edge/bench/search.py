@@ -54,9 +54,9 @@ def relative_errors(approx: np.ndarray, exact: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from okcell.calibration.bank_index import IndexParams
-    from okcell.edge.backends.select import open_extractor
-    from okcell.export.sidecar import load_verified
+    from calibration.bank_index import IndexParams
+    from edge.backends.select import open_extractor
+    from okcell.sidecar import load_verified
     from okcell.schema import ConfigError
 
     sidecar = load_verified(args.model)
@@ -82,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _progress(label: str, done: int, total: int) -> None:
-    from okcell.calibration.demo_data import stderr_progress
+    from calibration.demo_data import stderr_progress
 
     stderr_progress(label)(done, total)
 
 
 def _image_patches(extractor: Any, paths: list[Path], label: str) -> list[np.ndarray]:
-    from okcell.edge.images import read_image
+    from okcell.images import read_image
 
     out = []
     for i, path in enumerate(paths):
@@ -99,9 +99,9 @@ def _image_patches(extractor: Any, paths: list[Path], label: str) -> list[np.nda
 
 def recipe_check(extractor: Any, sidecar: Any, recipe_dir: Path, images: Path, threads: int) -> None:
     """The recipe's HNSW scores against exact search over the recipe's own bank vectors."""
-    from okcell.calibration.recipe import Recipe
-    from okcell.edge.images import IMAGE_SUFFIXES, read_image
-    from okcell.edge.scoring import ExactPatchScorer, bank_vectors
+    from okcell.recipe import Recipe
+    from okcell.images import IMAGE_SUFFIXES, read_image
+    from okcell.scoring import ExactPatchScorer, bank_vectors
     from okcell.schema import ConfigError
 
     recipe = Recipe.load(recipe_dir, sidecar, threads=threads)
@@ -134,7 +134,7 @@ def recipe_check(extractor: Any, sidecar: Any, recipe_dir: Path, images: Path, t
 
 def _bank_features(extractor: Any, sidecar: Any, count: int, cache: Path | None) -> np.ndarray:
     """``count`` real patch features from freshly generated demo parts (one new part per image)."""
-    from okcell.calibration.demo_data import DemoCounts, write_demo_set
+    from calibration.demo_data import DemoCounts, write_demo_set
 
     if cache is not None and cache.is_file():
         stored = np.load(cache)
@@ -155,7 +155,7 @@ def _bank_features(extractor: Any, sidecar: Any, count: int, cache: Path | None)
 
 
 def _query_patches(extractor: Any, queries: int) -> list[np.ndarray]:
-    from okcell.calibration.demo_data import DemoCounts, write_demo_set
+    from calibration.demo_data import DemoCounts, write_demo_set
 
     nok_per_defect = queries // 8
     with tempfile.TemporaryDirectory(prefix="okcell-bench-") as tmp:
@@ -170,7 +170,7 @@ def scaling(extractor: Any, sidecar: Any, sizes: list[int], queries: int, params
     """Grow one HNSW index through ``sizes`` and compare it with exact search at each size and search ef."""
     import hnswlib
 
-    from okcell.edge.scoring import ExactPatchScorer, PatchScorer
+    from okcell.scoring import ExactPatchScorer, PatchScorer
 
     sizes = sorted(sizes)
     bank = _bank_features(extractor, sidecar, sizes[-1], cache)

@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from okcell.export.engine_sidecar import default_engine_path
-    from okcell.export.tensorrt_build import BuildOptions, build_engine
+    from export.engine_sidecar import default_engine_path
+    from export.tensorrt_build import BuildOptions, build_engine
     from okcell.schema import ConfigError
 
     if not args.onnx.is_file():

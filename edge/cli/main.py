@@ -11,15 +11,15 @@ from okcell import __version__
 from okcell.schema import ConfigError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("okcell.export.cli_export", "DINOv2 checkpoint -> ONNX (+ JSON sidecar), with parity check"),
-    "build-engine": ("okcell.export.cli_build_engine", "ONNX -> TensorRT engine on this machine (FP16/INT8)"),
-    "demo-data": ("okcell.calibration.cli_demo_data", "make OK/NOK demo parts from scikit-image textures"),
-    "synthesize": ("okcell.calibration.cli_synthesize", "make synthetic defective parts from OK images"),
-    "calibrate": ("okcell.calibration.cli_calibrate", "build a recipe: reference index, thresholds, report"),
-    "inspect": ("okcell.edge.cli_inspect", "inspect image files with a recipe"),
-    "bench": ("okcell.edge.cli_bench", "measure p50/p99 and peak memory"),
-    "cameras": ("okcell.edge.cli_cameras", "list GenICam cameras and their main features"),
-    "run": ("okcell.edge.cli_run", "run the inspection cell from a config file"),
+    "export": ("edge.cli.export_model", "DINOv2 checkpoint -> ONNX (+ JSON sidecar), with parity check"),
+    "build-engine": ("edge.cli.build_engine", "ONNX -> TensorRT engine on this machine (FP16/INT8)"),
+    "demo-data": ("edge.cli.demo_data", "make OK/NOK demo parts from scikit-image textures"),
+    "synthesize": ("edge.cli.synthesize", "make synthetic defective parts from OK images"),
+    "calibrate": ("edge.cli.calibrate", "build a recipe: reference index, thresholds, report"),
+    "inspect": ("edge.cli.inspect_images", "inspect image files with a recipe"),
+    "bench": ("edge.cli.bench", "measure p50/p99 and peak memory"),
+    "cameras": ("edge.cli.cameras", "list GenICam cameras and their main features"),
+    "run": ("edge.cli.run", "run the inspection cell from a config file"),
 }
 
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from okcell.calibration.bank_index import IndexParams, load_index
-from okcell.calibration.labelled import LabelledEmbeddings
-from okcell.edge.roi import Roi
-from okcell.edge.scoring import AGGREGATIONS, PatchScorer
-from okcell.export.sidecar import ModelSidecar
+from calibration.bank_index import IndexParams, load_index
+from calibration.labelled import LabelledEmbeddings
+from okcell.roi import Roi
+from okcell.scoring import AGGREGATIONS, PatchScorer
+from okcell.sidecar import ModelSidecar
 from okcell.schema import ConfigError, require_keys, sha256_file, typed
 
 RECIPE_FORMAT = 1

@@ -7,7 +7,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from okcell.export.sidecar import ModelSidecar
+from okcell.sidecar import ModelSidecar
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Features:
 
 class FeatureExtractor(Protocol):
     """Frames in, patch features + embedding out. Preprocessing is the backend's own job
-    (CPU reference in :mod:`okcell.edge.preprocess`; the TensorRT backend runs it on the GPU)."""
+    (CPU reference in :mod:`okcell.preprocess`; the TensorRT backend runs it on the GPU)."""
 
     backend_name: str
     sidecar: ModelSidecar

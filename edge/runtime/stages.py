@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from okcell.edge.acquisition.source import Frame
+from edge.acquisition.source import Frame
 
 STOP = object()  # end-of-stream marker passed down the queues on shutdown
 

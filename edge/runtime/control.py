@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from okcell.edge.result import CellResult
+from okcell.result import CellResult
 
 CELL_STATES = ("Preoperational", "Initializing", "Operational", "Halted", "Error")
 DECISIONS = ("OK", "NOK", "ERROR")

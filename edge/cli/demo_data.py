@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from okcell.calibration.demo_data import PART_TYPES, DemoCounts
+    from calibration.demo_data import PART_TYPES, DemoCounts
 
     defaults = DemoCounts()
     parser.add_argument("--out", type=Path, required=True, help="output folder (new, empty or an earlier demo set)")
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from okcell.calibration.demo_data import DemoCounts, stderr_progress, write_demo_set
+    from calibration.demo_data import DemoCounts, stderr_progress, write_demo_set
     from okcell.schema import ConfigError
 
     counts = DemoCounts(args.train_ok, args.calib_nok, args.holdout_ok, args.holdout_nok)

@@ -12,9 +12,9 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
-from okcell.edge.features import FeatureExtractor, Features
-from okcell.edge.images import ImageError, read_image
-from okcell.edge.roi import Roi
+from okcell.extractor import FeatureExtractor, Features
+from okcell.images import ImageError, read_image
+from okcell.roi import Roi
 from okcell.schema import ConfigError
 
 Channels = Literal["mono", "colour"]

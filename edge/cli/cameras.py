@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from harvesters.core import Harvester
 
-    from okcell.edge.acquisition.camera_features import describe
-    from okcell.edge.acquisition.producers import find_producers
+    from edge.acquisition.camera_settings import describe
+    from edge.acquisition.producers import find_producers
 
     producers = find_producers(args.producer, source="--producer")
     harvester = Harvester()

@@ -32,11 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from okcell.edge.opcua.cell_link import CellStatus
-    from okcell.edge.opcua.config import parse_opcua_config
-    from okcell.edge.opcua.security import hash_password
-    from okcell.edge.opcua.server import OpcUaServer
-    from okcell.edge.result import CellResult, InspectionResult
+    from edge.runtime.control import CellStatus
+    from edge.opcua.config import parse_opcua_config
+    from edge.opcua.security import hash_password
+    from edge.opcua.server import OpcUaServer
+    from okcell.result import CellResult, InspectionResult
 
     if args.results < 1 or args.subscribers < 0 or args.rate < 0:
         print("okcell bench publish: --results >= 1, --subscribers >= 0, --rate >= 0", file=sys.stderr)

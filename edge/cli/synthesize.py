@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from okcell.calibration.demo_data import stderr_progress
-    from okcell.calibration.synthetic import parse_kinds, synthesize_folder
+    from calibration.demo_data import stderr_progress
+    from calibration.synthetic import parse_kinds, synthesize_folder
 
     kinds = parse_kinds(args.kinds)
     manifest = synthesize_folder(args.source, args.out, kinds, args.count, args.seed, stderr_progress("synthesize"))

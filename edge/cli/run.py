@@ -19,19 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from okcell.edge.acquisition.source import SourceError
-    from okcell.edge.cell_config import load_cell_config
-    from okcell.edge.service import CellService
+    from edge.acquisition.source import SourceError
+    from edge.runtime.cell_config import load_cell_config
+    from edge.runtime.service import CellService
     from okcell.schema import ConfigError
 
     config = load_cell_config(args.config)
     service = CellService(config)
     if config.opcua is not None and config.opcua.enabled:
-        from okcell.edge.opcua.server import OpcUaServer
+        from edge.opcua.server import OpcUaServer
 
         service.add_sink(OpcUaServer(config.opcua, service))
         if config.opcua.plc_client is not None:
-            from okcell.edge.opcua.plc_client import PlcClientSink
+            from edge.opcua.plc_client import PlcClientSink
 
             service.add_sink(PlcClientSink(config.opcua.plc_client, config.opcua))
     stop = threading.Event()

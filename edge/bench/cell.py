@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from okcell.edge.acquisition.producers import viky_producer
+from edge.acquisition.producers import viky_producer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +32,8 @@ def capture_frames(camera: dict[str, Any], out: Path, count: int, every: int = 3
     """Save ``count`` frames (every ``every``-th, so the scene moves) from a ``cell.yaml``-style camera section."""
     import cv2
 
-    from okcell.edge.acquisition.camera_features import FeatureSetting
-    from okcell.edge.acquisition.harvester_source import CameraSettings, HarvesterSource
+    from edge.acquisition.camera_settings import FeatureSetting
+    from edge.acquisition.harvester_source import CameraSettings, HarvesterSource
 
     features = [FeatureSetting(*next(iter(f.items()))) for f in camera.get("features", [])]
     source = HarvesterSource(CameraSettings([Path(p) for p in camera["producers"]], camera.get("device", {}), features,
@@ -59,8 +59,8 @@ def viky_cell_yaml(work: Path, model: Path, recipe: Path | None, pixel_format: s
     camera = {"producers": [str(viky_producer())], "device": {"index": 0}, "features": [{"PixelFormat": pixel_format}],
               "num_buffers": 4}
     if recipe is None:
-        from okcell.calibration.build import CalibrationSettings, calibrate
-        from okcell.edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
+        from calibration.build import CalibrationSettings, calibrate
+        from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 
         print("bench: calibrating a recipe on 12 camera frames", file=sys.stderr)
         frames = capture_frames(camera, work / "reference", 12)
@@ -81,8 +81,8 @@ def viky_cell_yaml(work: Path, model: Path, recipe: Path | None, pixel_format: s
 
 
 def run(args: argparse.Namespace) -> int:
-    from okcell.edge.cell_config import load_cell_config
-    from okcell.edge.service import CellService
+    from edge.runtime.cell_config import load_cell_config
+    from edge.runtime.service import CellService
     from okcell.schema import ConfigError
 
     with tempfile.TemporaryDirectory(prefix="okcell-bench-cell-") as tmp:

@@ -12,11 +12,11 @@ from typing import Any, Mapping
 
 import yaml
 
-from okcell.edge.acquisition.camera_features import FeatureSetting
-from okcell.edge.acquisition.harvester_source import DEVICE_KEYS, CameraSettings
-from okcell.edge.acquisition.producers import find_producers
-from okcell.edge.acquisition.source import TRIGGER_MODES, TriggerMode
-from okcell.edge.opcua.config import OpcUaConfig, parse_opcua_config
+from edge.acquisition.camera_settings import FeatureSetting
+from edge.acquisition.harvester_source import DEVICE_KEYS, CameraSettings
+from edge.acquisition.producers import find_producers
+from edge.acquisition.source import TRIGGER_MODES, TriggerMode
+from edge.opcua.config import OpcUaConfig, parse_opcua_config
 from okcell.schema import ConfigError, require_keys
 
 STAGES = ("acquisition", "inference", "outputs")

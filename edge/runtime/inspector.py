@@ -12,11 +12,11 @@ import math
 import time
 import numpy as np
 
-from okcell.calibration.recipe import Recipe
-from okcell.edge.features import FeatureExtractor
-from okcell.edge.heatmap import HEATMAP_SIGMA_PX, anomaly_map, overlay
-from okcell.edge.result import InspectionResult
-from okcell.edge.scoring import decide
+from okcell.recipe import Recipe
+from okcell.extractor import FeatureExtractor
+from okcell.heatmap import HEATMAP_SIGMA_PX, anomaly_map, overlay
+from okcell.result import InspectionResult
+from okcell.scoring import decide
 
 log = logging.getLogger(__name__)
 

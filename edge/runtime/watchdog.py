@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from okcell.edge.sdnotify import SdNotifier, watchdog_interval_s
+from edge.runtime.sdnotify import SdNotifier, watchdog_interval_s
 
 log = logging.getLogger(__name__)
 

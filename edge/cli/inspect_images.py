@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from okcell.edge.images import IMAGE_SUFFIXES
+from okcell.images import IMAGE_SUFFIXES
 from okcell.schema import ConfigError
 
 STAGE_ORDER = ("preprocess", "backbone", "search", "heatmap", "total")
@@ -97,11 +97,11 @@ def text_line(record: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from okcell.calibration.recipe import Recipe
-    from okcell.edge.backends.select import open_extractor
-    from okcell.edge.evaluation import Tally
-    from okcell.edge.inspector import Inspector
-    from okcell.export.sidecar import load_verified
+    from okcell.recipe import Recipe
+    from edge.backends.select import open_extractor
+    from calibration.evaluation import Tally
+    from edge.runtime.inspector import Inspector
+    from okcell.sidecar import load_verified
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be a positive number, found {args.threads}")
@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _inspect_file(inspector: Any, path: Path) -> tuple[dict[str, Any], np.ndarray | None, Any]:
-    from okcell.edge.images import ImageError, read_image
-    from okcell.edge.result import InspectionResult
+    from okcell.images import ImageError, read_image
+    from okcell.result import InspectionResult
 
     try:
         frame = read_image(path)
@@ -176,7 +176,7 @@ def _print_summary(tally: Any, timings: dict[str, list[float]], errors: int, tot
     escaped, nok_total = tally.escapes
     target = recipe.manifest.get("risk", {}).get("target_frr")
     target_text = f" (calibration target {100 * target:.1f} %)" if isinstance(target, (int, float)) else ""
-    from okcell.calibration.thresholds import clopper_pearson_upper
+    from calibration.thresholds import clopper_pearson_upper
 
     if ok_total:
         bound = 100 * clopper_pearson_upper(rejected, ok_total)
@@ -195,8 +195,8 @@ def _print_summary(tally: Any, timings: dict[str, list[float]], errors: int, tot
 
 def _write_score_report(tally: Any, recipe: Any, path: Path) -> None:
     """Hold-out score histogram with the recipe's threshold (the calibration report's layout)."""
-    from okcell.calibration.report import write_report
-    from okcell.calibration.thresholds import RateEstimate, Risk
+    from calibration.report import write_report
+    from calibration.thresholds import RateEstimate, Risk
 
     threshold = recipe.threshold
     ok = np.array(tally.ok_scores)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from okcell.edge.result import CellResult
+from okcell.result import CellResult
 
 
 class ResultSink(Protocol):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-DEFAULT_SIZE = 448  # kept in sync with okcell.export.onnx_export.DEFAULT_SIZE (torch is imported only in run())
+DEFAULT_SIZE = 448  # kept in sync with export.onnx_export.DEFAULT_SIZE (torch is imported only in run())
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from okcell.export.onnx_export import ExportOptions, export_model
-    from okcell.export.parity import ParityError
+    from export.onnx_export import ExportOptions, export_model
+    from export.parity import ParityError
 
     options = ExportOptions(
         size=args.size, layers=args.layers, fusion=args.fusion, dynamic_batch=args.dynamic_batch, opset=args.opset

@@ -7,10 +7,10 @@ import argparse
 import importlib
 
 BENCH_KINDS: dict[str, tuple[str, str]] = {
-    "stages": ("okcell.edge.bench_stages", "p50/p99 per inspection stage at 224 and 448 px, peak RSS"),
-    "search": ("okcell.edge.bench_search", "HNSW vs exact patch search: speed and score error, 10k-250k bank"),
-    "publish": ("okcell.edge.bench_publish", "what publishing a result over OPC UA adds to the cycle (p50/p99)"),
-    "cell": ("okcell.edge.bench_cell", "whole cell on a camera (--source viky): cycle p50/p99 per stage, peak RSS"),
+    "stages": ("edge.bench.stages", "p50/p99 per inspection stage at 224 and 448 px, peak RSS"),
+    "search": ("edge.bench.search", "HNSW vs exact patch search: speed and score error, 10k-250k bank"),
+    "publish": ("edge.bench.publish", "what publishing a result over OPC UA adds to the cycle (p50/p99)"),
+    "cell": ("edge.bench.cell", "whole cell on a camera (--source viky): cycle p50/p99 per stage, peak RSS"),
 }
 
 

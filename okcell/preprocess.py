@@ -10,7 +10,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from okcell.export.sidecar import ModelSidecar
+from okcell.sidecar import ModelSidecar
 
 
 class Preprocessor:
