@@ -17,11 +17,11 @@ import numpy as np
 
 from okcell import __version__
 from okcell import recipe as recipe_files
-from calibration.bank_index import IndexParams, build_index
+from okcell.bank_index import IndexParams, build_index
 from calibration.coreset import SequentialCoreset
 from calibration.ef_tuning import EfTuning, tune_ef
 from calibration.reference_features import FeatureCache, ReferenceFormat, extract_images
-from calibration.labelled import LabelledEmbeddings
+from okcell.labelled import LabelledEmbeddings
 from calibration.report import write_report
 from calibration.thresholds import Risk, assess, assign_folds
 from okcell.extractor import FeatureExtractor

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.fusion import fuse_patch_tokens
 from okcell.sidecar import ModelSidecar, sidecar_path_for
 from okcell.schema import ConfigError, sha256_file
 
@@ -62,13 +63,6 @@ def check_options(options: ExportOptions, patch_size: int, num_layers: int) -> t
     if options.opset < MIN_OPSET:
         raise ConfigError(f"--opset {options.opset}: need {MIN_OPSET} or newer (LayerNormalization)")
     return tuple(layers)
-
-
-def fuse_patch_tokens(normed_layers: list[torch.Tensor], fusion: str) -> torch.Tensor:
-    """Per-layer L2-normalised patch tokens, concatenated or averaged along channels, then L2-normalised."""
-    per_layer = [F.normalize(tokens, dim=-1) for tokens in normed_layers]
-    fused = torch.cat(per_layer, dim=-1) if fusion == "concat" else torch.stack(per_layer).mean(dim=0)
-    return F.normalize(fused, dim=-1)
 
 
 class FeatureGraph(nn.Module):

@@ -31,7 +31,7 @@ def reference_features(
     """Patch tokens + embedding from transformers' own forward (its own position-embedding interpolation)."""
     import torch
 
-    from export.onnx_export import fuse_patch_tokens
+    from export.fusion import fuse_patch_tokens
 
     skip = 1 + int(getattr(model.config, "num_register_tokens", 0))
     with torch.no_grad():

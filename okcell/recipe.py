@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from calibration.bank_index import IndexParams, load_index
-from calibration.labelled import LabelledEmbeddings
+from okcell.bank_index import IndexParams, load_index
+from okcell.labelled import LabelledEmbeddings
 from okcell.roi import Roi
 from okcell.scoring import AGGREGATIONS, PatchScorer
 from okcell.sidecar import ModelSidecar

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.bank_index import IndexParams, build_index, load_index
+from okcell.bank_index import IndexParams, build_index, load_index
 from okcell.recipe import Recipe
 from okcell.images import read_image
 from okcell.scoring import ExactPatchScorer, PatchScorer, aggregate, bank_vectors

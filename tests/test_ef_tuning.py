@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.bank_index import IndexParams, build_index
+from okcell.bank_index import IndexParams, build_index
 from calibration.ef_tuning import tune_ef
 from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 from okcell.images import read_image

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.labelled import LabelledEmbeddings
+from okcell.labelled import LabelledEmbeddings
 from okcell.recipe import BANK_FILE, LABELLED_FILE, MANIFEST_FILE, Recipe, compute_recipe_id
 from okcell.images import list_images, read_image
 from okcell.roi import Roi

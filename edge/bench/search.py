@@ -54,7 +54,7 @@ def relative_errors(approx: np.ndarray, exact: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calibration.bank_index import IndexParams
+    from okcell.bank_index import IndexParams
     from edge.backends.select import open_extractor
     from okcell.sidecar import load_verified
     from okcell.schema import ConfigError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from calibration.bank_index import IndexParams
+from okcell.bank_index import IndexParams
 from calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, CalibrationSummary
 from calibration.report import risk_lines
 from okcell.roi import Roi
