@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from okcell import __version__
-from okcell.schema import ConfigError, require_keys, sha256_file, typed
+from okcell.schema import ConfigError, read_json, require_keys, sha256_file, typed
 
 ENGINE_SIDECAR_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -60,12 +60,7 @@ class EngineSidecar:
     @classmethod
     def load(cls, path: Path) -> "EngineSidecar":
         """Read and validate an engine sidecar; raises ConfigError naming the file and field."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: engine sidecar not found (engines are made by `okcell build-engine`)") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        data = read_json(path, missing_hint="engine sidecar; engines are made by `okcell build-engine`")
         required = {
             "engine_file", "engine_sha256", "onnx_file", "onnx_sha256", "tensorrt_version", "gpu_name",
             "compute_capability", "precision", "input_size", "batch", "built_at", "okcell_version", "format_version",

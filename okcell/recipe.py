@@ -24,7 +24,7 @@ from okcell.labelled import LabelledEmbeddings
 from okcell.roi import Roi
 from okcell.scoring import AGGREGATIONS, PatchScorer
 from okcell.sidecar import ModelSidecar
-from okcell.schema import ConfigError, require_keys, sha256_file, typed
+from okcell.schema import ConfigError, read_json, require_keys, sha256_file, typed
 
 RECIPE_FORMAT = 1
 MANIFEST_FILE = "manifest.json"
@@ -160,12 +160,7 @@ class Recipe:
         source = str(path)
         if not directory.is_dir():
             raise ConfigError(f"{directory}: recipe directory not found (build one with `okcell calibrate`)")
-        try:
-            manifest = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: not found; {directory} is not a complete recipe") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        manifest = read_json(path, missing_hint=f"{directory} is not a complete recipe")
         require_keys(manifest, _TOP_KEYS, set(), source)
         if typed(manifest, "format_version", int, source) != RECIPE_FORMAT:
             raise ConfigError(f"{source}: field 'format_version' is {manifest['format_version']}, this okcell reads {RECIPE_FORMAT}")

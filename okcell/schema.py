@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -45,3 +48,29 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _read_text(path: Path, parse: Callable[[str], Any], kind: str, errors: tuple[type[Exception], ...],
+               missing_hint: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found" + (f" ({missing_hint})" if missing_hint else "")) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected {kind}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return parse(text)
+    except errors as exc:
+        raise ConfigError(f"{path}: not valid {kind} ({exc})") from None
+
+
+def read_json(path: Path, missing_hint: str = "") -> Any:
+    """Parsed JSON of ``path``; any fault (missing, unreadable, not UTF-8, not JSON) is a ConfigError naming it."""
+    return _read_text(path, json.loads, "JSON", (json.JSONDecodeError,), missing_hint)
+
+
+def read_yaml(path: Path, missing_hint: str = "") -> Any:
+    """Parsed YAML of ``path``, with the same errors as :func:`read_json`."""
+    return _read_text(path, yaml.safe_load, "YAML", (yaml.YAMLError,), missing_hint)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from okcell import __version__
-from okcell.schema import ConfigError, require_keys, sha256_file, typed
+from okcell.schema import ConfigError, read_json, require_keys, sha256_file, typed
 
 SIDECAR_FORMAT = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,12 +66,7 @@ class ModelSidecar:
     @classmethod
     def load(cls, path: Path) -> "ModelSidecar":
         """Read and validate a sidecar; raises ConfigError naming the file and field."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: model sidecar not found (export the model with `okcell export`)") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        data = read_json(path, missing_hint="model sidecar; export the model with `okcell export`")
         required = {
             "onnx_file", "onnx_sha256", "input_size", "patch_size", "feature_dim", "embedding_dim",
             "layers", "layer_fusion", "dynamic_batch", "opset", "model_source", "mean", "std",

@@ -10,14 +10,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from edge.acquisition.camera_settings import FeatureSetting
 from edge.acquisition.harvester_source import DEVICE_KEYS, CameraSettings
 from edge.acquisition.producers import find_producers
 from edge.acquisition.source import TRIGGER_MODES, TriggerMode
 from edge.opcua.config import OpcUaConfig, parse_opcua_config
-from okcell.schema import ConfigError, require_keys
+from okcell.schema import ConfigError, read_yaml, require_keys
 
 STAGES = ("acquisition", "inference", "outputs")
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -81,12 +80,7 @@ class CellConfig:
 def load_cell_config(path: Path | str) -> CellConfig:
     """Read and validate ``cell.yaml``; raises ConfigError naming the file and key."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: cell config not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml(path, missing_hint="cell config")
     return parse_cell_config(data, path)
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from export.sources.roles import role_of_hf_key
-from okcell.schema import ConfigError
+from okcell.schema import ConfigError, read_json
 
 if TYPE_CHECKING:
     import torch
@@ -24,10 +23,7 @@ def _read_config(folder: Path) -> Any:
     path = folder / "config.json"
     if not path.is_file():
         raise ConfigError(f"{folder}: no config.json; expected a Hugging Face DINOv2 folder (config.json + weights)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path)
     model_type = data.get("model_type") if isinstance(data, dict) else None
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"{path}: model_type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
@@ -46,7 +42,8 @@ def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     import torch
 
     if path.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(path.read_text()).get("weight_map", {}).values()))
+        index = read_json(path)
+        shards = sorted(set(index.get("weight_map", {}).values())) if isinstance(index, dict) else []
         if not shards:
             raise ConfigError(f"{path}: no weight_map in the shard index")
         state: dict[str, torch.Tensor] = {}
