@@ -50,3 +50,8 @@ def list_images(folder: Path | str) -> list[Path]:
     if not folder.is_dir():
         raise ImageError(f"{folder}: not a folder of images")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def as_frame(array: np.ndarray) -> np.ndarray:
+    """A single-channel (H, W, 1) array as the mono frame (H, W) it is; any other array unchanged."""
+    return array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
-
 import numpy as np
 
-Decision = Literal["OK", "NOK", "ERROR"]
-
+from okcell.names import Decision
 
 @dataclass
 class InspectionResult:

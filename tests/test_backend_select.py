@@ -78,5 +78,5 @@ def test_gpu_extra_report_names_each_missing_package() -> None:
 
 
 def test_unknown_backend(model: Path) -> None:
-    with pytest.raises(ConfigError, match=r"backend: expected one of auto, tensorrt, onnxruntime, found 'cuda'"):
+    with pytest.raises(ConfigError, match=r"backend: expected one of auto, onnxruntime, tensorrt, found 'cuda'"):
         open_extractor(model, backend="cuda")

@@ -14,7 +14,8 @@ from okcell.recipe import Recipe
 from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 from calibration.evaluation import auroc, truth_from_path
 from okcell.images import read_image
-from edge.runtime.inspector import STAGES, Inspector
+from edge.runtime.inspector import Inspector
+from okcell.names import INSPECTION_TIMINGS
 from okcell.roi import Roi
 
 
@@ -59,7 +60,7 @@ def test_results_carry_map_timings_and_label(holdout: list, recipe: Recipe) -> N
     for path, result in holdout:
         assert result.anomaly_map is not None and result.anomaly_map.dtype == np.float32
         assert result.anomaly_map.shape == (256, 256)
-        assert set(result.timings_ms) == set(STAGES) and all(v >= 0 for v in result.timings_ms.values())
+        assert set(result.timings_ms) == set(INSPECTION_TIMINGS) and all(v >= 0 for v in result.timings_ms.values())
         assert result.timings_ms["total"] >= result.timings_ms["backbone"]
         assert result.nearest_label in labels
 

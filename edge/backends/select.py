@@ -13,10 +13,10 @@ from okcell.extractor import FeatureExtractor
 from export.engine_sidecar import default_engine_path
 from okcell.gpu import GPU_EXTRA_HINT, gpu_extra_missing
 from okcell.schema import ConfigError
+from okcell.names import BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
 
 def open_extractor(

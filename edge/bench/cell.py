@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.acquisition.producers import viky_producer
+from okcell.names import BACKENDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", type=Path,
                         help="recipe folder; default: calibrate a throwaway recipe on 12 frames of the camera")
     parser.add_argument("--pixel-format", choices=("RGBa8", "Mono8"), default="RGBa8")
-    parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="onnxruntime")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10, help="cycles left out of the statistics")

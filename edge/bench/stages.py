@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("preprocess", "backbone", "search", "heatmap", "total", "overlay_png")
+from okcell.names import BACKENDS, INSPECTION_TIMINGS
+
+STAGES = (*INSPECTION_TIMINGS, "overlay_png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where dinov2_vits14_<size>.onnx live or are exported to (default demo-models)")
     parser.add_argument("--layers", default="9", metavar="N[,N...]",
                         help="transformer blocks for models this bench exports (default 9, as make demo)")
-    parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto", help="inference backend")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and search (default: all)")
     parser.add_argument("--frames", type=int, default=30, help="timed inspections per size (default 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed inspections first (default 3)")

@@ -10,6 +10,7 @@ from calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, Calibration
 from calibration.report import risk_lines
 from okcell.roi import Roi
 from okcell.scoring import AGGREGATIONS
+from okcell.names import BACKENDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hnsw-ef-construction", type=int, default=IndexParams.ef_construction,
                         help=f"hnswlib ef_construction (default {IndexParams.ef_construction})")
     parser.add_argument("--hnsw-ef", type=int, default=IndexParams.ef, help=f"hnswlib search ef (default {IndexParams.ef})")
-    parser.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto",
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="inference backend; calibrate with the one the cell runs (default auto: TensorRT if an engine exists)")
     parser.add_argument("--engine", type=Path, default=None, help="TensorRT engine (default: MODEL.engine beside the ONNX)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch if the model allows (default 8)")

@@ -17,15 +17,15 @@ import numpy as np
 
 from okcell.images import IMAGE_SUFFIXES
 from okcell.schema import ConfigError
+from okcell.names import BACKENDS, INSPECTION_TIMINGS
 
-STAGE_ORDER = ("preprocess", "backbone", "search", "heatmap", "total")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     parser.add_argument("--recipe", type=Path, required=True, help="recipe directory from `okcell calibrate`")
     parser.add_argument("--model", type=Path, required=True, help="the exported ONNX model the recipe was calibrated with")
-    parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="inference backend (auto: TensorRT if an engine is given and usable, else ONNX Runtime)")
     parser.add_argument("--engine", type=Path, default=None, help="TensorRT engine built from --model (GPU machines)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and search (default: all)")
@@ -82,7 +82,7 @@ def result_record(path: Path, result: Any) -> dict[str, Any]:
     if result.nearest_label is not None:
         record["nearest_label"] = result.nearest_label
     record["timings_ms"] = {k: round(v, 2) for k, v in sorted(result.timings_ms.items(),
-                                                             key=lambda kv: STAGE_ORDER.index(kv[0]) if kv[0] in STAGE_ORDER else 99)}
+                                                             key=lambda kv: INSPECTION_TIMINGS.index(kv[0]) if kv[0] in INSPECTION_TIMINGS else 99)}
     if result.error is not None:
         record["error"] = result.error
     return record
@@ -164,7 +164,7 @@ def _print_summary(tally: Any, timings: dict[str, list[float]], errors: int, tot
                    args: argparse.Namespace, out: Any) -> None:
     print(f"\n{total - errors} inspected, {errors} error(s)", file=out)
     if timings:
-        stages = [s for s in STAGE_ORDER if s in timings]
+        stages = [s for s in INSPECTION_TIMINGS if s in timings]
         parts = [f"{s} {np.percentile(timings[s], 50):.1f}/{np.percentile(timings[s], 99):.1f}" for s in stages]
         print("timings ms p50/p99: " + ", ".join(parts), file=out)
     if not args.truth_from_folders:

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from asyncua import Node, Server, ua
 from asyncua.common.structures104 import new_enum
 
-from edge.runtime.control import CELL_STATES, DECISIONS
+from okcell.names import CELL_STATES, DECISIONS
 
 MethodHandler = Callable[..., Awaitable[Any]]
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -17,7 +17,8 @@ from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
 from edge.opcua.address_space import CellNodes, build_address_space, write_value
-from edge.runtime.control import CELL_STATES, CellControl, CellStatus, ResultRecord, TriggerRefused
+from okcell.names import CELL_STATES
+from edge.runtime.control import CellControl, CellStatus, ResultRecord, TriggerRefused
 from edge.opcua.config import OpcUaConfig
 from edge.opcua.handshake import PollingHandshake, PublishedResults
 from edge.opcua.security import apply_security

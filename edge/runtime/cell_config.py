@@ -17,9 +17,9 @@ from edge.acquisition.producers import find_producers
 from edge.acquisition.source import TRIGGER_MODES, TriggerMode
 from edge.opcua.config import OpcUaConfig, parse_opcua_config
 from okcell.schema import ConfigError, read_yaml, require_keys
+from okcell.names import BACKENDS
 
 STAGES = ("acquisition", "inference", "outputs")
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
 SYNC_MODES = ("normal", "full")
 
 

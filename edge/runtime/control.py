@@ -7,10 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from okcell.names import DECISIONS, CellState
 from okcell.result import CellResult
 
-CELL_STATES = ("Preoperational", "Initializing", "Operational", "Halted", "Error")
-DECISIONS = ("OK", "NOK", "ERROR")
 
 
 class TriggerRefused(RuntimeError):
@@ -21,7 +20,7 @@ class TriggerRefused(RuntimeError):
 class CellStatus:
     """A snapshot of the cell for the State, Recipes and Diagnostics nodes."""
 
-    state: str  # one of CELL_STATES
+    state: CellState
     error_text: str
     camera_connected: bool
     backend: str

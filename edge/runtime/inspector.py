@@ -10,18 +10,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+
 import numpy as np
 
 from okcell.recipe import Recipe
 from okcell.extractor import FeatureExtractor
+from okcell.images import as_frame
 from okcell.heatmap import HEATMAP_SIGMA_PX, anomaly_map, overlay
 from okcell.result import InspectionResult
 from okcell.scoring import decide
 
 log = logging.getLogger(__name__)
-
-STAGES = ("preprocess", "backbone", "search", "heatmap", "total")
-
 
 class Inspector:
     """Inspects frames with one feature extractor and one calibrated recipe."""
@@ -44,8 +43,7 @@ class Inspector:
         if frame.dtype != np.uint8:
             bits = frame.dtype.itemsize * 8
             return f"{bits}-bit frame ({frame.dtype}); expected 8-bit (uint8) — set the camera to an 8-bit pixel format"
-        if frame.ndim == 3 and frame.shape[2] == 1:
-            frame = frame[:, :, 0]
+        frame = as_frame(frame)
         if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3)) or frame.size == 0:
             return f"frame of shape {frame.shape}; expected (H, W) mono or (H, W, 3) RGB"
         try:
@@ -61,16 +59,14 @@ class Inspector:
             problem = self.frame_problem(frame)
             if problem is not None:
                 return self._error(problem, started)
-            if frame.ndim == 3 and frame.shape[2] == 1:
-                frame = frame[:, :, 0]
-            return self._inspect(self.recipe.crop(frame), started)
+            return self._inspect(self.recipe.crop(as_frame(frame)), started)
         except Exception as exc:  # a fault must give ERROR, never OK
             log.exception("inspection failed")
             return self._error(f"inspection failed: {type(exc).__name__}: {exc}", started)
 
     def _inspect(self, crop: np.ndarray, started: float) -> InspectionResult:
         features = self.extractor.extract([crop])
-        timings = {stage: float(features.timings_ms.get(stage, 0.0)) for stage in ("preprocess", "backbone")}
+        timings: dict[str, float] = {stage: float(features.timings_ms.get(stage, 0.0)) for stage in ("preprocess", "backbone")}
         rows, cols = features.grid
         if features.patches.shape[:2] != (1, rows * cols):
             raise RuntimeError(f"backend returned patches {features.patches.shape}, expected (1, {rows * cols}, C)")
@@ -99,7 +95,5 @@ class Inspector:
         """The colour heatmap overlay of ``result`` on ``frame`` (BGR uint8, for ``cv2.imwrite``)."""
         roi = self.recipe.roi
         box = None if roi is None else (roi.x, roi.y, roi.width, roi.height)
-        if frame.ndim == 3 and frame.shape[2] == 1:
-            frame = frame[:, :, 0]
-        return overlay(frame, result.anomaly_map, result.threshold, result.decision, result.score, roi=box,
+        return overlay(as_frame(frame), result.anomaly_map, result.threshold, result.decision, result.score, roi=box,
                        colormap=colormap, label=result.nearest_label)

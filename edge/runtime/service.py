@@ -28,6 +28,7 @@ from edge.acquisition.replay_source import ReplaySource
 from edge.acquisition.source import FrameSource, SourceError, SourceTimeout
 from edge.runtime.archive import ResultArchive
 from edge.runtime.cell_config import STAGES, CellConfig
+from okcell.names import CellState
 from edge.runtime.control import CellStatus, TriggerRefused
 from edge.runtime.outputs import ResultSink
 from okcell.result import CellResult, InspectionResult
@@ -83,7 +84,7 @@ class CellService:
         self.timings = TimingWindow()
         self.counts = {"OK": 0, "NOK": 0, "ERROR": 0}
         self.start_cycle = 0
-        self.state = "Preoperational"
+        self.state: CellState = "Preoperational"
         self.error_text = ""
         self.camera_failed = False
         self._inspection: Inspection | None = None
