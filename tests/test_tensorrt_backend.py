@@ -26,6 +26,7 @@ from export.engine_sidecar import engine_sidecar_path
 from okcell.sidecar import ModelSidecar
 from export.tensorrt_build import BatchProfile, BuildOptions, ParserIssue, ProgressPrinter, batch_profile, unsupported_report
 from okcell.schema import ConfigError
+from gpu_support import require_cuda_device
 
 GPU_EXTRA_MISSING = gpu_extra_missing()
 needs_tensorrt = pytest.mark.skipif(GPU_EXTRA_MISSING is not None, reason=f"needs the gpu extra: missing {GPU_EXTRA_MISSING}")
@@ -142,24 +143,10 @@ def test_l2_normalise_outputs_float32_unit_vectors() -> None:
     np.testing.assert_allclose(normalised, [[0.6, 0.8], [0.0, 0.0]], atol=1e-6)
 
 
-def _cuda_graph_runtime() -> None:
-    try:
-        import pycuda.driver as cuda
-        from cuda.bindings import runtime  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"CUDA-graph check needs pycuda and cuda-python: {exc}")
-    try:
-        cuda.init()
-        if cuda.Device.count() == 0:
-            pytest.skip("CUDA-graph check needs a CUDA device; none found")
-    except cuda.Error as exc:
-        pytest.skip(f"CUDA-graph check needs a CUDA device: {exc}")
-
-
 def test_cuda_graph_replays_the_preprocessing_with_new_frames() -> None:
     """Capture upload + kernel once, then replay it for other frames of the same shape: each result must equal
     the CPU reference for *that* frame (the graph reads the re-staged page-locked buffers)."""
-    _cuda_graph_runtime()
+    require_cuda_device("CUDA-graph check", modules=("cuda.bindings.runtime",))
     import pycuda.driver as cuda
 
     from edge.backends.gpu_preprocess import GpuPreprocessor
