@@ -10,14 +10,15 @@ from skimage import data
 
 from edge.runtime.archive import ResultArchive
 from okcell.heatmap import overlay
-from okcell.result import CellResult, InspectionResult
+from okcell.images import read_image
+from okcell.result import CellResult, Decision, InspectionResult
 
 
 def draw_overlay(frame: np.ndarray, outcome: InspectionResult) -> np.ndarray:
     return overlay(frame, outcome.anomaly_map, outcome.threshold, outcome.decision, outcome.score)
 
 
-def make_result(cycle: int, decision: str, frame: np.ndarray) -> CellResult:
+def make_result(cycle: int, decision: Decision, frame: np.ndarray) -> CellResult:
     amap = None
     if decision != "ERROR":
         amap = cv2.GaussianBlur(np.random.default_rng(cycle).random(frame.shape[:2]).astype(np.float32), (0, 0), 5)
@@ -39,7 +40,7 @@ def test_rows_images_sampling_and_restart(tmp_path: Path):
     archive = ResultArchive(tmp_path / "archive", quota_mb=50, ok_sample_every=2, overlay=draw_overlay)
     archive.start()
     assert archive.last_cycle() == 0
-    decisions = ["OK", "NOK", "OK", "ERROR", "OK", "OK", "NOK"]
+    decisions: list[Decision] = ["OK", "NOK", "OK", "ERROR", "OK", "OK", "NOK"]
     for cycle, decision in enumerate(decisions, start=1):
         archive.publish(make_result(cycle, decision, frame))
     # committed before publish returned: a second connection sees every row
@@ -58,8 +59,7 @@ def test_rows_images_sampling_and_restart(tmp_path: Path):
     assert '"inspect": 12.5' in rows[2]["timings_json"]
     heatmap = cv2.imread(rows[2]["heatmap_path"])
     assert heatmap is not None and heatmap.shape[:2] == (160, 160)
-    saved = cv2.imread(rows[2]["frame_path"])
-    assert np.array_equal(saved, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    assert np.array_equal(read_image(rows[2]["frame_path"]), frame)
     assert rows[1]["frame_path"] is None and rows[3]["frame_path"] is not None  # 1st OK not sampled, 2nd is
     assert rows[4]["error"] == "no frame" and rows[4]["heatmap_path"] is None
     reopened.stop()

@@ -95,7 +95,8 @@ def test_missing_producer_without_environment_is_named(cell_dir, monkeypatch):
     with pytest.raises(ConfigError, match=r"cell.yaml: camera.producers: no GenTL producer.*GENICAM_GENTL64_PATH"):
         load_cell_config(path)
     monkeypatch.setenv("GENICAM_GENTL64_PATH", str(VIKY.parent))
-    assert VIKY in load_cell_config(path).camera.producers
+    camera = load_cell_config(path).camera
+    assert camera is not None and VIKY in camera.producers
 
 
 def test_not_yaml_and_not_a_mapping(cell_dir):

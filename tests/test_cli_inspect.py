@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge.cli.main import main
+from okcell.images import read_image
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,9 @@ def mixed_folder(demo_images: Path, tmp_path_factory: pytest.TempPathFactory) ->
     (root / "line" / "nok").mkdir()
     shutil.copy(next((demo_images / "holdout" / "nok" / "hole").glob("*.png")), root / "line" / "nok" / "hole.png")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    deep = cv2.imread(str(oks[0]), cv2.IMREAD_UNCHANGED).astype(np.uint16) * 257
-    cv2.imwrite(str(root / "deep16.png"), deep)
-    cv2.imwrite(str(root / "mono.png"), cv2.imread(str(oks[0]), cv2.IMREAD_GRAYSCALE))
+    frame = read_image(oks[0])
+    cv2.imwrite(str(root / "deep16.png"), frame[:, :, ::-1].astype(np.uint16) * 257)
+    cv2.imwrite(str(root / "mono.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))
     return root
 
 
@@ -55,7 +56,7 @@ def test_json_lines_and_per_image_errors(mixed_folder: Path, exported_model: Pat
     # overlays mirror the input tree; the mono frame (readable, refused by the recipe) gets one too
     assert {"line/ok/" + n for n in [k for k in records if k.startswith("ok_")]} <= set(written)
     assert "line/nok/hole.png" in written and "mono.png" in written and "broken.png" not in written
-    assert cv2.imread(str(out / "line" / "nok" / "hole.png")).shape == (256, 256, 3)
+    assert read_image(out / "line" / "nok" / "hole.png").shape == (256, 256, 3)
 
 
 def test_truth_from_folders_prints_confusion_and_auroc(demo_images: Path, exported_model: Path, demo_recipe: Path,

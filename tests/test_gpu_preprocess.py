@@ -91,7 +91,7 @@ def test_emulated_kernel_on_random_crops_of_photos() -> None:
     retina, camera = photo("retina"), photo("camera")
     reference = Preprocessor(sidecar_for(224, 224))
     shapes = [(448, 448), (224, 224), (112, 224), (2, 2), (1, 300), (300, 1)]
-    shapes += [tuple(int(v) for v in rng.integers(2, 1400, 2)) for _ in range(60)]
+    shapes += [(int(h), int(w)) for h, w in (rng.integers(2, 1400, 2) for _ in range(60))]
     for index, (height, width) in enumerate(shapes):
         source = retina if index % 2 else camera
         top = int(rng.integers(0, max(1, source.shape[0] - height)))

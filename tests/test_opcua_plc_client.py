@@ -16,7 +16,7 @@ from asyncua.common.callback import CallbackType
 from edge.opcua.config import parse_opcua_config
 from edge.opcua.plc_client import PlcClientSink
 from edge.opcua.security import ensure_server_certificate
-from okcell.result import CellResult, InspectionResult
+from okcell.result import CellResult, Decision, InspectionResult
 from opcua_support import PASSWORD_HASH, free_port
 
 PLC_NODES = {  # field -> (identifier, PLC data type)
@@ -93,7 +93,7 @@ class FakePlcServer:
             await self._stop.wait()
 
 
-def result(n: int, decision: str = "OK") -> CellResult:
+def result(n: int, decision: Decision = "OK") -> CellResult:
     score = None if decision == "ERROR" else 0.25 * n
     return CellResult(n, n, f"part-{n}", time.time(), "demo", InspectionResult(decision, score, 0.5, error="bad frame" if decision == "ERROR" else None))
 
