@@ -15,6 +15,7 @@ from asyncua import Client, Node, ua
 from edge.runtime.control import CellStatus, TriggerRefused
 from edge.opcua.config import OpcUaConfig, parse_opcua_config
 from edge.opcua.security import hash_password
+from okcell.names import CellState
 from okcell.result import CellResult, InspectionResult
 from okcell.schema import ConfigError
 
@@ -47,7 +48,7 @@ class DrivenCell:
         self.sinks: list[Any] = []
         self.produce = produce
         self.cycle = 0
-        self.state = "Operational"
+        self.state: CellState = "Operational"
         self.error_text = ""
         self.recipes = recipes
         self.active_recipe = recipes[0]
