@@ -24,7 +24,7 @@ class InspectionResult:
 class CellResult:
     """One trigger's outcome in a running cell: exactly one per trigger."""
 
-    result_id: int  # equals ``cycle``; monotonic per process start, continued from the archive
+    result_id: int  # equals ``cycle``; reserved in the archive before it is handed out, never reused
     cycle: int
     part_id: str
     timestamp: float  # UNIX time of the trigger

@@ -52,6 +52,7 @@ class ArchiveConfig:
     quota_mb: float = 2048.0
     ok_sample_every: int = 0  # also store every Nth OK frame (0: none)
     sync: str = "normal"  # SQLite synchronous mode in WAL: normal (default) or full
+    min_free_mb: float = 100.0  # keep this much free on the archive's disk: images make way first, then start fails
 
 
 @dataclass
@@ -117,12 +118,13 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
     if replay is not None and trigger_config.mode == "hardware":
         raise ConfigError(f"{path}: trigger.mode: 'hardware' needs a camera; a replay source is 'software' or 'free_run'")
     archive = reader.section("archive", {})
-    archive.keys(set(), {"directory", "quota_mb", "ok_sample_every", "sync"})
+    archive.keys(set(), {"directory", "quota_mb", "ok_sample_every", "sync", "min_free_mb"})
     archive_config = ArchiveConfig(
         directory=archive.path("directory", must_exist=None) if "directory" in archive.data else state_dir / "archive",
         quota_mb=archive.number("quota_mb", float, 2048.0, minimum=1.0),
         ok_sample_every=archive.number("ok_sample_every", int, 0, minimum=0),
         sync=archive.choice("sync", SYNC_MODES, "normal"),
+        min_free_mb=archive.number("min_free_mb", float, 100.0, minimum=0.0),
     )
     watchdog = reader.section("watchdog", {})
     watchdog.keys(set(), {"budgets_s", "recovery_attempts", "reconnect_backoff_s"})

@@ -1,8 +1,11 @@
 """The running cell: acquisition -> inference -> outputs, each stage a thread joined by bounded queues.
 
 Every trigger gets exactly one :class:`~okcell.result.CellResult`: OK or NOK from a completed inspection, or
-ERROR with the reason (no frame, camera lost, stage stalled, inspection failed). Cycles are numbered monotonically,
-continuing from the archive. Results go to the archive first (committed) and then to the other sinks.
+ERROR with the reason (no frame, camera lost, stage stalled, inspection failed, cell restarted). Result ids (= cycle
+numbers) are reserved in the archive before they are handed out, so they are never reused, and a trigger accepted
+before a crash is answered with ERROR "cell restarted" at the next start. Results go to the archive first
+(committed) and only then to the other sinks; while the archive fails the cell is in Error and publishes nothing
+(``edge.runtime.archive_guard``).
 
 Control (thread-safe; this implements ``edge.runtime.control.CellControl``):
 ``request_trigger(part_id) -> cycle`` (software trigger), ``add_sink(sink)``, ``wait_result(cycle, timeout)``,
@@ -26,7 +29,8 @@ import numpy as np
 
 from edge.acquisition.replay_source import ReplaySource
 from edge.acquisition.source import FrameSource, SourceError, SourceTimeout
-from edge.runtime.archive import ResultArchive
+from edge.runtime.archive import ArchiveError, ResultArchive
+from edge.runtime.archive_guard import ArchiveGuard
 from edge.runtime.cell_config import STAGES, CellConfig
 from okcell.names import CellState
 from edge.runtime.control import CellStatus, TriggerRefused
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 _IDLE_POLL_S = 0.2
 _TRIGGER_BACKLOG = 1000
 _RECENT_RESULTS = 1024
+RESTARTED = "cell restarted before this trigger was finished"
 
 
 @dataclass
@@ -79,7 +84,9 @@ class CellService:
         self.notifier = notifier or SdNotifier()
         self.source = source or open_source(config)
         self.archive = ResultArchive(config.archive.directory, config.archive.quota_mb,
-                                     config.archive.ok_sample_every, config.archive.sync, overlay=self._overlay)
+                                     config.archive.ok_sample_every, config.archive.sync, overlay=self._overlay,
+                                     min_free_mb=config.archive.min_free_mb)
+        self.guard = ArchiveGuard(self.archive, config.watchdog.reconnect_backoff_s, config.watchdog.recovery_attempts)
         self.sinks: list[ResultSink] = []
         self.timings = TimingWindow()
         self.counts = {"OK": 0, "NOK": 0, "ERROR": 0}
@@ -102,7 +109,7 @@ class CellService:
         self._generation = {stage: 0 for stage in STAGES}
         self._in_flight: dict[str, Any] = {stage: None for stage in STAGES}
         self._threads: dict[str, threading.Thread] = {}
-        self._done: OrderedDict[int, CellResult] = OrderedDict()
+        self._done: OrderedDict[int, CellResult | None] = OrderedDict()  # None: claimed, not published yet
         self._done_lock = threading.Condition()
         self._status_lock = threading.Lock()
         self.watchdog = CellWatchdog(self.notifier, list(self._heartbeats.values()), self._health_text,
@@ -118,10 +125,16 @@ class CellService:
         """Open archive, model, recipe and camera, run one warm-up inference, start the stages, send READY=1."""
         self.state = "Initializing"
         self.notifier.status("starting: opening archive, model, recipe, camera")
-        self.archive.start()
-        self.start_cycle = self._cycle = self.archive.last_cycle()
+        self.archive.start()  # ConfigError naming the path if it is read-only or full
+        self.start_cycle = self._cycle = self.archive.issued
         self._inspection = self._load_inspection(self.config.recipe)
         self._warm_up(self._inspection)
+        unfinished = self.archive.unfinished()
+        if unfinished:
+            log.warning("%d trigger(s) accepted before the restart were never finished (ids %d..%d): ERROR results",
+                        len(unfinished), unfinished[0].cycle, unfinished[-1].cycle)
+        for reservation in unfinished:  # published first, like any result, once the stages run
+            self._emit_error(Job(reservation.cycle, reservation.part_id, reservation.time), RESTARTED)
         self.source.open()
         for sink in self.sinks:
             sink.start()
@@ -138,7 +151,8 @@ class CellService:
         """Stop taking triggers, finish the queued ones, stop stages, sinks and archive."""
         self.notifier.stopping()
         self.state = "Halted"
-        self._accepting = False
+        with self._cycle_lock:  # no trigger is queued after this
+            self._accepting = False
         self._stopping.set()
         if self.source.trigger_mode == "software":
             self._put_trigger(STOP)
@@ -165,24 +179,29 @@ class CellService:
         """Queue one software trigger; returns its result id (= cycle). Thread-safe."""
         if self.source.trigger_mode != "software":
             raise TriggerRefused(f"the cell runs in {self.source.trigger_mode} mode: the camera triggers, not requests")
-        if not self._accepting:
-            raise TriggerRefused(f"the cell is {self.state}, not taking triggers")
+        job = Job(0, part_id, time.time())
         with self._cycle_lock:
-            self._cycle += 1
-            cycle = self._cycle
+            if not self._accepting:
+                raise TriggerRefused(f"the cell is {self.state}, not taking triggers")
+            if self.guard.error:
+                self.guard.refused += 1
+                raise TriggerRefused(f"{self.guard.error}: no trigger is taken until the archive works again")
+            if self._triggers.full():
+                raise TriggerRefused(f"{_TRIGGER_BACKLOG} triggers are already waiting")
             try:
-                self._triggers.put_nowait(Job(cycle, part_id, time.time()))
-            except queue.Full:
-                self._cycle -= 1
-                raise TriggerRefused(f"{_TRIGGER_BACKLOG} triggers are already waiting") from None
-        return cycle
+                job.cycle = self.guard.reserve(part_id, job.trigger_time)
+            except ArchiveError as exc:
+                raise TriggerRefused(f"archive failed: {exc}") from None
+            self._triggers.put_nowait(job)  # not full (checked above; only this lock's holder adds triggers)
+            self._cycle = job.cycle
+        return job.cycle
 
     def wait_result(self, cycle: int, timeout_s: float = 30.0) -> CellResult | None:
         """The result of ``cycle`` once published (the last 1,024 cycles; without frame and anomaly map),
         or None after the timeout."""
         deadline = time.monotonic() + timeout_s
         with self._done_lock:
-            while cycle not in self._done:
+            while self._done.get(cycle) is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -202,6 +221,7 @@ class CellService:
         self.watchdog.gave_up = None
         self.watchdog.attempts = {stage: 0 for stage in STAGES}
         self.error_text = ""
+        self.guard.retry_now()
         if self.state == "Error":
             self.state = "Operational"
 
@@ -222,8 +242,9 @@ class CellService:
 
     def status(self) -> CellStatus:
         inspection = self._inspection
+        state, error_text = self._reported_state()
         return CellStatus(
-            state=self.state, error_text=self.error_text, camera_connected=self.source.stats.connected,
+            state=state, error_text=error_text, camera_connected=self.source.stats.connected,
             backend=str(getattr(inspection.extractor, "backend_name", "")) if inspection else "",
             active_recipe=inspection.recipe_dir.name if inspection else "",
             available_recipes=self.available_recipes(), fetch_timeouts=self.source.stats.timeouts,
@@ -253,6 +274,12 @@ class CellService:
         self._start_stage(stage, restarted=True)
         return True
 
+    def _reported_state(self) -> tuple[CellState, str]:
+        """State and error text as reported: Error while the archive fails (whatever else holds), every reason."""
+        archive_error = self.guard.error
+        state: CellState = "Error" if archive_error and self.state == "Operational" else self.state
+        return state, "; ".join(text for text in (self.error_text, archive_error) if text)
+
     def _health_text(self) -> tuple[bool, str]:
         if (self.state == "Error" and self.error_text.startswith("stage ") and self.watchdog.gave_up is None
                 and not any(self.watchdog.attempts.values())):
@@ -260,12 +287,15 @@ class CellService:
         p99 = self.timings.percentile("cycle", 99)
         counts = self.counts
         camera = "connected" if self.source.stats.connected else "reconnecting"
-        text = (f"{self.state}; cycle {self._cycle}; OK {counts['OK']} NOK {counts['NOK']} ERROR {counts['ERROR']}; "
+        state, error_text = self._reported_state()
+        text = (f"{state}; cycle {self._cycle}; OK {counts['OK']} NOK {counts['NOK']} ERROR {counts['ERROR']}; "
                 f"p99 {'-' if p99 is None else f'{p99:.1f} ms'}")
         text += f"; camera {camera}"
-        if self.error_text:
-            text += f"; {self.error_text}"
-        return not self.camera_failed, text
+        if self.archive.low_space:
+            text += "; archive disk low: images skipped"
+        if error_text:
+            text += f"; {error_text}"
+        return not self.camera_failed and not self.guard.given_up, text
 
     # ---- stages ------------------------------------------------------------------------------------------
 
@@ -340,8 +370,14 @@ class CellService:
             job.timings_ms["acquire"] = (frame.arrival_monotonic - job.trigger_monotonic) * 1000.0
         else:
             with self._cycle_lock:
-                self._cycle += 1
-                cycle = self._cycle
+                if self.guard.error:  # no id can be reserved: the frame is not inspected (counted in the error)
+                    self.guard.refused += 1
+                    return None, None
+                try:
+                    cycle = self.guard.reserve(None, frame.trigger_time)
+                except ArchiveError:
+                    return None, None
+                self._cycle = cycle
             part = str(cycle)  # self-triggered (hardware/free-run) frames are named by their cycle
             frame.part_id = part
             job = Job(cycle, part, frame.trigger_time, trigger_monotonic=frame.arrival_monotonic)
@@ -453,6 +489,8 @@ class CellService:
     def _outputs_loop(self, generation: int, restarted: bool) -> None:
         heartbeat = self._heartbeats["outputs"]
         while self._current("outputs", generation):
+            if self.guard.retry_due():
+                self._retry_archive(heartbeat)
             item: Any
             if self._late_errors:
                 item = self._late_errors.popleft()
@@ -465,25 +503,36 @@ class CellService:
                 while self._late_errors:
                     result, started = self._late_errors.popleft()
                     self._publish(result, started, heartbeat)
+                for result in self.guard.close():
+                    self._deliver(result)
                 return
             result, started = item
             self._publish(result, started, heartbeat)
 
     def _publish(self, result: CellResult, started: float, heartbeat: StageHeartbeat) -> None:
+        """Archive, then (only if archived) publish one result; see :class:`ArchiveGuard` for a failing archive."""
         with self._done_lock:
             if result.cycle in self._done:
                 return  # already answered (e.g. by the watchdog while its stage was stalled)
-            self._done[result.cycle] = result
+            self._done[result.cycle] = None
             while len(self._done) > _RECENT_RESULTS:
                 self._done.popitem(last=False)
         heartbeat.begin()
         self._in_flight["outputs"] = result
         result.inspection.timings_ms["cycle"] = (time.monotonic() - started) * 1000.0
-        try:
-            self.archive.publish(result)
-        except Exception as exc:  # the database refused: say so loudly, still tell the PLC
-            log.exception("archive: cycle %d not stored", result.cycle)
-            self.error_text = f"archive failed: {exc}"
+        if self.guard.commit(result):
+            self._deliver(result)
+        self._in_flight["outputs"] = None
+        heartbeat.end()
+
+    def _retry_archive(self, heartbeat: StageHeartbeat) -> None:
+        heartbeat.begin()
+        for result in self.guard.retry():
+            self._deliver(result)
+        heartbeat.end()
+
+    def _deliver(self, result: CellResult) -> None:
+        """Count and hand an archived result to the sinks; wait_result sees it from now on."""
         for name, ms in result.inspection.timings_ms.items():
             self.timings.add(name, ms)
         with self._status_lock:
@@ -496,8 +545,6 @@ class CellService:
         result.frame = None  # the archive's image writer holds its own reference while it needs it
         # kept for wait_result without the big arrays (sinks and the archive writer have the full result)
         light = replace(result, frame=None, inspection=replace(result.inspection, anomaly_map=None))
-        self._in_flight["outputs"] = None
-        heartbeat.end()
         with self._done_lock:
             if result.cycle in self._done:
                 self._done[result.cycle] = light
