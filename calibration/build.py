@@ -19,7 +19,7 @@ from okcell import __version__
 from okcell import recipe as recipe_files
 from calibration.bank_index import IndexParams, build_index
 from calibration.coreset import SequentialCoreset
-from calibration.ef_tuning import EfTuning, tune_ef
+from calibration.ef_tuning import MAX_EF, EfTuning, tune_ef
 from calibration.reference_features import FeatureCache, ReferenceFormat, extract_images
 from calibration.labelled import LabelledEmbeddings
 from calibration.report import write_report
@@ -27,7 +27,7 @@ from calibration.thresholds import Risk, assess, assign_folds
 from okcell.extractor import FeatureExtractor
 from okcell.images import ImageError, list_images
 from okcell.roi import Roi
-from okcell.scoring import PatchScorer, check_aggregation
+from okcell.scoring import DECISION_RULE, PatchScorer, check_aggregation
 from okcell.schema import ConfigError, sha256_file
 
 DEFAULT_MAX_BANK = 100_000
@@ -64,6 +64,8 @@ class CalibrationSettings:
             raise ConfigError(f"--k {self.k} / --label-k {self.label_k}: must be at least 1")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ConfigError(f"--coreset-ratio {self.coreset_ratio}: expected a fraction in (0, 1], e.g. 0.1")
+        if self.index.ef > MAX_EF:
+            raise ConfigError(f"--hnsw-ef {self.index.ef}: at most {MAX_EF} (calibration raises it as far as needed)")
         if self.max_bank < self.folds:
             raise ConfigError(f"--max-bank {self.max_bank}: must be at least the number of folds ({self.folds})")
         try:
@@ -231,7 +233,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
                 "channels": reference.channels,
                 "image_size": list(reference.image_size),
             },
-            "scoring": {"k": settings.k, "aggregation": settings.aggregation, "decision": "NOK if image score > threshold"},
+            "scoring": {"k": settings.k, "aggregation": settings.aggregation, "decision": DECISION_RULE},
             "bank": {
                 "file": recipe_files.BANK_FILE,
                 "sha256": sha256_file(staging / recipe_files.BANK_FILE),
@@ -252,6 +254,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             "calibration": {
                 "ok_images": len(ok_paths),
                 "folds": settings.folds,
+                "ok_score_range": [float(ok_scores.min()), float(ok_scores.max())],  # the threshold lies within
                 "nok_images": {name: len(paths) for name, paths in nok_groups},
                 "synthetic_images": {name: len(paths) for name, paths in synthetic_groups},
                 "backend": extractor.backend_name,
