@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from okcell import __version__
 from okcell import recipe as recipe_files
@@ -29,6 +30,7 @@ from okcell.images import ImageError, list_images
 from okcell.roi import Roi
 from okcell.scoring import DECISION_RULE, PatchScorer, check_aggregation
 from okcell.schema import ConfigError, sha256_file
+from okcell.signing import key_id, sign_file
 
 DEFAULT_MAX_BANK = 100_000
 EF_SAMPLE_IMAGES = 8
@@ -84,6 +86,7 @@ class CalibrationSummary:
     bank_size: int
     peak_rss_mb: float
     nearest_label_agreement: dict[str, float]  # per labelled folder: share whose kNN vote (itself left out) is its label
+    signed_by: str | None = None  # id of the key that signed the manifest
 
 
 def _images(folder: Path, what: str) -> list[Path]:
@@ -170,8 +173,10 @@ def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[Se
     return scores
 
 
-def calibrate(extractor: FeatureExtractor, model_path: Path, settings: CalibrationSettings, out: Path, force: bool = False) -> CalibrationSummary:
-    """Build the recipe at ``out`` (see module doc). Nothing at ``out`` changes unless the whole recipe is complete."""
+def calibrate(extractor: FeatureExtractor, model_path: Path, settings: CalibrationSettings, out: Path, force: bool = False,
+              signing_key: Ed25519PrivateKey | None = None) -> CalibrationSummary:
+    """Build the recipe at ``out`` (see module doc), its manifest signed with ``signing_key`` if given. Nothing at
+    ``out`` changes unless the whole recipe is complete."""
     settings.validate()
     sidecar = extractor.sidecar
     recipe_files.check_destination(out, force)
@@ -269,9 +274,12 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             f"scoring k={settings.k}, {settings.aggregation}; {settings.folds}-fold held-out",
         ]
         write_report(staging / recipe_files.REPORT_FILE, ok_scores, nok_scores, risk, header)
+        if signing_key is not None:
+            sign_file(staging / recipe_files.MANIFEST_FILE, signing_key)
         recipe_files.publish(staging, out, force)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return CalibrationSummary(out, manifest, risk, bank_size, peak_rss_mb(), agreement)
+    signed_by = None if signing_key is None else key_id(signing_key.public_key())
+    return CalibrationSummary(out, manifest, risk, bank_size, peak_rss_mb(), agreement, signed_by)
 

@@ -5,7 +5,8 @@ parameters, file hashes, the threshold, the held-out OK score range and the stat
 hash of the manifest content (without the creation date), so any edit to the manifest, the bank or the labelled
 embeddings is detected on load — unless the editor recomputes the id. Against that, every loaded value is checked
 against what a calibration can write (the threshold lies within the held-out OK scores, the ROI inside the images,
-k within the bank, ...).
+k within the bank, ...), and a recipe can be signed (``manifest.json.sig``, :mod:`okcell.signing`): loaded with a
+public key, an unsigned or wrongly signed recipe is refused.
 Recipes are written into a staging directory beside the destination and renamed into place only when complete.
 """
 
@@ -29,6 +30,7 @@ from okcell.roi import Roi
 from okcell.scoring import AGGREGATIONS, DECISION_RULE, SCORE_RANGE, PatchScorer
 from okcell.sidecar import ModelSidecar
 from okcell.schema import ConfigError, require_keys, sha256_file, typed
+from okcell.signing import load_public_key, verify_file
 
 RECIPE_FORMAT = 2
 MANIFEST_FILE = "manifest.json"
@@ -205,8 +207,10 @@ class Recipe:
         return frame if self.roi is None else self.roi.crop(frame)
 
     @classmethod
-    def load(cls, directory: Path | str, sidecar: ModelSidecar, threads: int = -1) -> "Recipe":
-        """Load and verify the recipe in ``directory`` for the model of ``sidecar``."""
+    def load(cls, directory: Path | str, sidecar: ModelSidecar, threads: int = -1,
+             public_key: Path | None = None) -> "Recipe":
+        """Load and verify the recipe in ``directory`` for the model of ``sidecar``; with ``public_key`` (an
+        ``okcell keygen`` public key file) only a recipe signed with the matching private key loads."""
         directory = Path(directory)
         path = directory / MANIFEST_FILE
         source = str(path)
@@ -216,6 +220,8 @@ class Recipe:
             content = path.read_bytes()
         except FileNotFoundError:
             raise ConfigError(f"{path}: not found; {directory} is not a complete recipe") from None
+        if public_key is not None:
+            verify_file(path, load_public_key(public_key), content)
         try:
             manifest = json.loads(content)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

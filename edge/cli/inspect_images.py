@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference backend (auto: TensorRT if an engine is given and usable, else ONNX Runtime)")
     parser.add_argument("--engine", type=Path, default=None, help="TensorRT engine built from --model (GPU machines)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and search (default: all)")
+    parser.add_argument("--verify-key", type=Path, default=None, metavar="PUB",
+                        help="accept only a recipe signed with the private key of this public key (okcell keygen)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     parser.add_argument("--out", type=Path, default=None, help="write heatmap overlays (PNG) and a score summary here")
     parser.add_argument("--colormap", choices=("turbo", "jet"), default="turbo", help="heatmap colours (default turbo)")
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_out(args.out, args.paths)
     sidecar = load_verified(args.model)
-    recipe = Recipe.load(args.recipe, sidecar, threads=args.threads or -1)
+    recipe = Recipe.load(args.recipe, sidecar, threads=args.threads or -1, public_key=args.verify_key)
     extractor = open_extractor(args.model, backend=args.backend, engine_path=args.engine, threads=args.threads)
     inspector = Inspector(extractor, recipe)
     summary_out = sys.stderr if args.json else sys.stdout
