@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edge.cli.main import main
+from okcell.images import read_image
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +98,10 @@ def faulty_folder(demo_images: Path, tmp_path_factory: pytest.TempPathFactory) -
     shutil.copy(oks[0], root / "a_ok.png")
     shutil.copy(oks[1], root / "z_ok.png")
     cv2.imwrite(str(root / "tiny.png"), np.full((1, 1, 3), 128, np.uint8))
-    cv2.imwrite(str(root / "whole.jpg"), cv2.imread(str(oks[0])))
+    cv2.imwrite(str(root / "whole.jpg"), read_image(oks[0])[:, :, ::-1])
     data = (root / "whole.jpg").read_bytes()
     (root / "trunc.jpg").write_bytes(data[: len(data) // 2])
-    cv2.imwrite(str(root / "huge.png"), np.tile(cv2.imread(str(oks[1])), (12, 16, 1))[:3000])
+    cv2.imwrite(str(root / "huge.png"), np.tile(read_image(oks[1]), (12, 16, 1))[:3000])
     os.symlink(root / "gone.png", root / "broken.png")
     os.symlink(root / "loop.png", root / "loop.png")
     os.symlink(root / "gone.txt", root / "notes.txt")
@@ -135,8 +136,8 @@ def test_bad_files_are_error_lines_and_the_batch_goes_on(faulty_folder: Path, ex
     for name in ("a_ok.png", "whole.jpg", "z_ok.png"):
         assert lines[name].startswith(("OK ", "NOK ")), lines[name]
     assert "3 inspected, 6 error(s)" in text
-    assert cv2.imread(str(out / "tiny.png")).shape == (1, 1, 3)
-    assert cv2.imread(str(out / "huge.png")).shape == (1500, 2048, 3)  # overlays are capped at 2048 px
+    assert read_image(out / "tiny.png").shape == (1, 1, 3)
+    assert read_image(out / "huge.png").shape == (1500, 2048, 3)  # overlays are capped at 2048 px
     assert sorted(p.name for p in out.iterdir()) == ["a_ok.png", "huge.png", "tiny.png", "whole.png", "z_ok.png"]
 
 
@@ -152,4 +153,4 @@ def test_an_overlay_that_cannot_be_written_is_an_error_line(faulty_folder: Path,
     assert first["decision"] == "ERROR" and first["path"] == str(faulty_folder / "a_ok.png")
     assert first["error"].startswith(("OK, score", "NOK, score")) and f"{out / 'a_ok.png'}" in first["error"]
     assert "heatmap overlay not written" in first["error"]
-    assert second["decision"] in ("OK", "NOK") and cv2.imread(str(out / "z_ok.png")).shape == (256, 256, 3)
+    assert second["decision"] in ("OK", "NOK") and read_image(out / "z_ok.png").shape == (256, 256, 3)
