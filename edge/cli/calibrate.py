@@ -8,8 +8,10 @@ from pathlib import Path
 from calibration.bank_index import IndexParams
 from calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, CalibrationSummary
 from calibration.report import risk_lines
+from okcell.recipe import MANIFEST_FILE
 from okcell.roi import Roi
 from okcell.scoring import AGGREGATIONS
+from okcell.signing import signature_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +58,7 @@ def print_summary(summary: CalibrationSummary) -> None:
     print(f"  peak RSS {summary.peak_rss_mb:.0f} MB")
     print(f"  report {summary.out / 'report.png'}")
     if summary.signed_by is not None:
-        print(f"  signed with key {summary.signed_by} ({summary.out / 'manifest.json.sig'})")
+        print(f"  signed with key {summary.signed_by} ({signature_path(summary.out / MANIFEST_FILE)})")
 
 
 def run(args: argparse.Namespace) -> int:
