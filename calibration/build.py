@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from okcell import __version__
 from okcell import recipe as recipe_files
 from okcell.bank_index import IndexParams, build_index
 from calibration.coreset import SequentialCoreset
 from calibration.ef_tuning import EfTuning, tune_ef
+from okcell.bank_index import MAX_EF
 from calibration.reference_features import FeatureCache, ReferenceFormat, extract_images
 from okcell.labelled import LabelledEmbeddings
 from calibration.report import write_report
@@ -27,8 +29,9 @@ from calibration.thresholds import Risk, assess, assign_folds
 from okcell.extractor import FeatureExtractor
 from okcell.images import ImageError, list_images
 from okcell.roi import Roi
-from okcell.scoring import PatchScorer, check_aggregation
+from okcell.scoring import DECISION_RULE, PatchScorer, check_aggregation
 from okcell.schema import ConfigError, sha256_file
+from okcell.signing import key_id, sign_file
 
 DEFAULT_MAX_BANK = 100_000
 EF_SAMPLE_IMAGES = 8
@@ -64,6 +67,8 @@ class CalibrationSettings:
             raise ConfigError(f"--k {self.k} / --label-k {self.label_k}: must be at least 1")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ConfigError(f"--coreset-ratio {self.coreset_ratio}: expected a fraction in (0, 1], e.g. 0.1")
+        if self.index.ef > MAX_EF:
+            raise ConfigError(f"--hnsw-ef {self.index.ef}: at most {MAX_EF} (calibration raises it as far as needed)")
         if self.max_bank < self.folds:
             raise ConfigError(f"--max-bank {self.max_bank}: must be at least the number of folds ({self.folds})")
         try:
@@ -82,6 +87,7 @@ class CalibrationSummary:
     bank_size: int
     peak_rss_mb: float
     nearest_label_agreement: dict[str, float]  # per labelled folder: share whose kNN vote (itself left out) is its label
+    signed_by: str | None = None  # id of the key that signed the manifest
 
 
 def _images(folder: Path, what: str) -> list[Path]:
@@ -168,8 +174,10 @@ def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[Se
     return scores
 
 
-def calibrate(extractor: FeatureExtractor, model_path: Path, settings: CalibrationSettings, out: Path, force: bool = False) -> CalibrationSummary:
-    """Build the recipe at ``out`` (see module doc). Nothing at ``out`` changes unless the whole recipe is complete."""
+def calibrate(extractor: FeatureExtractor, model_path: Path, settings: CalibrationSettings, out: Path, force: bool = False,
+              signing_key: Ed25519PrivateKey | None = None) -> CalibrationSummary:
+    """Build the recipe at ``out`` (see module doc), its manifest signed with ``signing_key`` if given. Nothing at
+    ``out`` changes unless the whole recipe is complete."""
     settings.validate()
     sidecar = extractor.sidecar
     recipe_files.check_destination(out, force)
@@ -231,7 +239,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
                 "channels": reference.channels,
                 "image_size": list(reference.image_size),
             },
-            "scoring": {"k": settings.k, "aggregation": settings.aggregation, "decision": "NOK if image score > threshold"},
+            "scoring": {"k": settings.k, "aggregation": settings.aggregation, "decision": DECISION_RULE},
             "bank": {
                 "file": recipe_files.BANK_FILE,
                 "sha256": sha256_file(staging / recipe_files.BANK_FILE),
@@ -252,6 +260,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             "calibration": {
                 "ok_images": len(ok_paths),
                 "folds": settings.folds,
+                "ok_score_range": [float(ok_scores.min()), float(ok_scores.max())],  # the threshold lies within
                 "nok_images": {name: len(paths) for name, paths in nok_groups},
                 "synthetic_images": {name: len(paths) for name, paths in synthetic_groups},
                 "backend": extractor.backend_name,
@@ -266,9 +275,12 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             f"scoring k={settings.k}, {settings.aggregation}; {settings.folds}-fold held-out",
         ]
         write_report(staging / recipe_files.REPORT_FILE, ok_scores, nok_scores, risk, header)
+        if signing_key is not None:
+            sign_file(staging / recipe_files.MANIFEST_FILE, signing_key)
         recipe_files.publish(staging, out, force)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return CalibrationSummary(out, manifest, risk, bank_size, peak_rss_mb(), agreement)
+    signed_by = None if signing_key is None else key_id(signing_key.public_key())
+    return CalibrationSummary(out, manifest, risk, bank_size, peak_rss_mb(), agreement, signed_by)
 

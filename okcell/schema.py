@@ -50,27 +50,37 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _read_text(path: Path, parse: Callable[[str], Any], kind: str, errors: tuple[type[Exception], ...],
-               missing_hint: str) -> Any:
+def read_bytes(path: Path, missing_hint: str = "") -> bytes:
+    """The bytes of ``path``; a missing or unreadable file is a ConfigError naming it (and ``missing_hint``)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found" + (f" ({missing_hint})" if missing_hint else "")) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected {kind}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _parse(content: bytes, path: Path, parse: Callable[[str], Any], kind: str, errors: tuple[type[Exception], ...]) -> Any:
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected {kind}") from None
     try:
         return parse(text)
     except errors as exc:
         raise ConfigError(f"{path}: not valid {kind} ({exc})") from None
 
 
+def parse_json(content: bytes, path: Path) -> Any:
+    """``content`` (read from ``path``) as JSON; not UTF-8 or not JSON is a ConfigError naming ``path``."""
+    return _parse(content, path, json.loads, "JSON", (json.JSONDecodeError,))
+
+
 def read_json(path: Path, missing_hint: str = "") -> Any:
     """Parsed JSON of ``path``; any fault (missing, unreadable, not UTF-8, not JSON) is a ConfigError naming it."""
-    return _read_text(path, json.loads, "JSON", (json.JSONDecodeError,), missing_hint)
+    return parse_json(read_bytes(path, missing_hint), path)
 
 
 def read_yaml(path: Path, missing_hint: str = "") -> Any:
     """Parsed YAML of ``path``, with the same errors as :func:`read_json`."""
-    return _read_text(path, yaml.safe_load, "YAML", (yaml.YAMLError,), missing_hint)
+    return _parse(read_bytes(path, missing_hint), path, yaml.safe_load, "YAML", (yaml.YAMLError,))

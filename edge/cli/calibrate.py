@@ -8,9 +8,11 @@ from pathlib import Path
 from okcell.bank_index import IndexParams
 from calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, CalibrationSummary
 from calibration.report import risk_lines
+from okcell.recipe import MANIFEST_FILE
 from okcell.roi import Roi
 from okcell.scoring import AGGREGATIONS
 from okcell.names import BACKENDS
+from okcell.signing import signature_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for folds and projections (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="recipe directory to write")
     parser.add_argument("--force", action="store_true", help="replace an existing recipe (only once the new one is complete)")
+    parser.add_argument("--sign-key", type=Path, default=None, metavar="KEY",
+                        help="sign the recipe with this private key (okcell keygen): writes manifest.json.sig")
 
 
 def print_summary(summary: CalibrationSummary) -> None:
@@ -54,11 +58,14 @@ def print_summary(summary: CalibrationSummary) -> None:
     print(f"  bank {summary.bank_size} patches ({100 * ratio:.1f} % of {manifest['bank']['patches_seen']})")
     print(f"  peak RSS {summary.peak_rss_mb:.0f} MB")
     print(f"  report {summary.out / 'report.png'}")
+    if summary.signed_by is not None:
+        print(f"  signed with key {summary.signed_by} ({signature_path(summary.out / MANIFEST_FILE)})")
 
 
 def run(args: argparse.Namespace) -> int:
     from calibration.build import calibrate
     from edge.backends.select import open_extractor
+    from okcell.signing import load_private_key
 
     settings = CalibrationSettings(
         ok_dir=args.ok,
@@ -78,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     settings.validate()
+    signing_key = None if args.sign_key is None else load_private_key(args.sign_key)
     extractor = open_extractor(args.model, args.backend, args.engine, args.threads)
     try:
-        summary = calibrate(extractor, args.model, settings, args.out, args.force)
+        summary = calibrate(extractor, args.model, settings, args.out, args.force, signing_key)
     finally:
         extractor.close()
     print_summary(summary)

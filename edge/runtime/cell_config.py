@@ -76,6 +76,7 @@ class CellConfig:
     replay: ReplayConfig | None = None
     opcua: OpcUaConfig | None = None
     queue_depth: int = 4
+    recipe_public_key: Path | None = None  # only recipes signed with its private key load
 
 
 def load_cell_config(path: Path | str) -> CellConfig:
@@ -87,8 +88,8 @@ def load_cell_config(path: Path | str) -> CellConfig:
 
 def parse_cell_config(data: Any, path: Path) -> CellConfig:
     reader = _Reader(data, path, "")
-    reader.keys({"model", "recipe"},
-                {"name", "state_dir", "camera", "replay", "trigger", "archive", "watchdog", "opcua", "queue_depth"})
+    reader.keys({"model", "recipe"}, {"name", "state_dir", "camera", "replay", "trigger", "archive", "watchdog", "opcua",
+                                      "queue_depth", "recipe_public_key"})
     if "state_dir" in reader.data:
         state_dir = reader.path("state_dir", must_exist=None)
     else:  # systemd's StateDirectory=, else beside the config file
@@ -102,6 +103,7 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
         threads=model.number("threads", int, None, minimum=1),
     )
     recipe = reader.path("recipe", must_exist="dir")
+    public_key = reader.path("recipe_public_key", must_exist="file") if "recipe_public_key" in reader.data else None
     trigger = reader.section("trigger", {})
     trigger.keys(set(), {"mode", "source", "activation", "timeout_s"})
     trigger_config = TriggerConfig(
@@ -156,6 +158,7 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
         camera=camera,
         replay=replay,
         queue_depth=reader.number("queue_depth", int, 4, minimum=1),
+        recipe_public_key=public_key,
     )
 
 

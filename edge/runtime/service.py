@@ -561,7 +561,7 @@ class CellService:
 
         model = self.config.model
         sidecar = load_verified(model.onnx)
-        recipe = Recipe.load(recipe_dir, sidecar, threads=model.threads or -1)
+        recipe = Recipe.load(recipe_dir, sidecar, threads=model.threads or -1, public_key=self.config.recipe_public_key)
         if extractor is None:
             extractor = self._open_extractor()
         return Inspection(Inspector(extractor, recipe), recipe, Path(recipe_dir), extractor)
