@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import resource
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ from calibration.ef_tuning import EfTuning, tune_ef
 from okcell.bank_index import MAX_EF
 from calibration.reference_features import FeatureCache, ReferenceFormat, extract_images
 from okcell.labelled import LabelledEmbeddings
+from okcell.memory import peak_rss_mb
+from okcell.progress import Progress
 from calibration.report import write_report
 from calibration.thresholds import Risk, assess, assign_folds
 from okcell.extractor import FeatureExtractor
@@ -121,11 +121,6 @@ def labelled_folders(folders: tuple[Path, ...], what: str, prefix: str = "") -> 
     return result
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _say(message: str) -> None:
     print(f"calibrate: {message}", file=sys.stderr, flush=True)
 
@@ -134,14 +129,16 @@ def _fold_coresets(cache: FeatureCache, fold_of: np.ndarray, settings: Calibrati
     """One running coreset per fold, fed chunk by chunk from the cache; their union is the final bank."""
     dim = cache.shape[1]
     coresets = []
-    started = time.perf_counter()
-    for fold in range(settings.folds):
-        coreset = SequentialCoreset(dim, settings.coreset_ratio, settings.max_bank // settings.folds, seed=settings.seed)
-        rows = np.flatnonzero(fold_of == fold)
-        for start in range(0, len(rows), settings.chunk_images):
-            coreset.add(cache.patches(rows[start : start + settings.chunk_images]).reshape(-1, dim))
-        coresets.append(coreset)
-        _say(f"fold {fold + 1}/{settings.folds}: coreset of {len(coreset)} from {coreset.patches_seen} patches ({time.perf_counter() - started:.1f} s)")
+    with Progress("coreset", len(cache), "images") as progress:
+        for fold in range(settings.folds):
+            coreset = SequentialCoreset(dim, settings.coreset_ratio, settings.max_bank // settings.folds, seed=settings.seed)
+            rows = np.flatnonzero(fold_of == fold)
+            for start in range(0, len(rows), settings.chunk_images):
+                chunk = rows[start : start + settings.chunk_images]
+                coreset.add(cache.patches(chunk).reshape(-1, dim))
+                progress.advance(len(chunk))
+            coresets.append(coreset)
+            progress.note(f"fold {fold + 1}/{settings.folds}: coreset of {len(coreset)} from {coreset.patches_seen} patches")
     return coresets
 
 
@@ -163,14 +160,16 @@ def _tuned_settings(cache: FeatureCache, fold_of: np.ndarray, coresets: list[Seq
 
 def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[SequentialCoreset], settings: CalibrationSettings) -> np.ndarray:
     scores = np.empty(len(cache), dtype=np.float64)
-    for fold in range(settings.folds):
-        bank = np.concatenate([c.features for i, c in enumerate(coresets) if i != fold])
-        scorer = _scorer(bank, settings)
-        rows = np.flatnonzero(fold_of == fold)
-        for start in range(0, len(rows), settings.chunk_images):
-            chunk = rows[start : start + settings.chunk_images]
-            scores[chunk] = scorer.score(cache.patches(chunk))[0]
-        _say(f"fold {fold + 1}/{settings.folds}: {len(rows)} held-out OK images scored against a bank of {len(bank)}")
+    with Progress("held-out scores", len(cache), "images") as progress:
+        for fold in range(settings.folds):
+            bank = np.concatenate([c.features for i, c in enumerate(coresets) if i != fold])
+            scorer = _scorer(bank, settings)
+            rows = np.flatnonzero(fold_of == fold)
+            for start in range(0, len(rows), settings.chunk_images):
+                chunk = rows[start : start + settings.chunk_images]
+                scores[chunk] = scorer.score(cache.patches(chunk))[0]
+                progress.advance(len(chunk))
+            progress.note(f"fold {fold + 1}/{settings.folds}: {len(rows)} held-out OK images scored against a bank of {len(bank)}")
     return scores
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -14,6 +12,7 @@ import numpy as np
 
 from okcell.extractor import FeatureExtractor, Features
 from okcell.images import ImageError, read_image
+from okcell.progress import Progress
 from okcell.roi import Roi
 from okcell.schema import ConfigError
 
@@ -65,30 +64,6 @@ def _read(path: Path, roi: Roi | None) -> np.ndarray:
         raise ConfigError(f"{exc}{detail}") from None
 
 
-class Progress:
-    """Progress on stderr, ``label: done/total images, N images/s``: one updating line on a terminal,
-    a line per ~10 % in logs."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self.done = label, total, 0
-        self.started = time.perf_counter()
-        self.interactive = sys.stderr.isatty()
-        self._step = max(1, total // 10)
-
-    def advance(self, count: int) -> None:
-        before, self.done = self.done, self.done + count
-        finished = self.done >= self.total
-        if not (self.interactive or finished or before // self._step != self.done // self._step):
-            return
-        elapsed = time.perf_counter() - self.started
-        line = f"{self.label}: {self.done}/{self.total} images, {self.done / max(elapsed, 1e-9):.1f} images/s"
-        if self.interactive:
-            sys.stderr.write(f"\r{line}" + ("\n" if finished else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
 def extract_images(
     extractor: FeatureExtractor,
     paths: Sequence[Path],
@@ -97,12 +72,12 @@ def extract_images(
     batch_size: int = 8,
 ) -> Iterator[tuple[Sequence[Path], Features]]:
     """Yield (paths, features) batch by batch; only one batch of images is in memory at a time."""
-    progress = Progress(label, len(paths))
-    for start in range(0, len(paths), batch_size):
-        batch = paths[start : start + batch_size]
-        features = extractor.extract([reference.load(path) for path in batch])
-        progress.advance(len(batch))
-        yield batch, features
+    with Progress(label, len(paths), "images") as progress:
+        for start in range(0, len(paths), batch_size):
+            batch = paths[start : start + batch_size]
+            features = extractor.extract([reference.load(path) for path in batch])
+            progress.advance(len(batch))
+            yield batch, features
 
 
 class FeatureCache:

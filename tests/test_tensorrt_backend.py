@@ -24,7 +24,7 @@ from edge.backends.tensorrt_backend import CudaGraphs, l2_normalise
 from edge.cli import build_engine as cli_build_engine
 from export.engine_sidecar import engine_sidecar_path
 from okcell.sidecar import ModelSidecar
-from export.tensorrt_build import BatchProfile, BuildOptions, ParserIssue, ProgressPrinter, batch_profile, unsupported_report
+from export.tensorrt_build import BatchProfile, BuildOptions, BuildPhases, ParserIssue, batch_profile, unsupported_report
 from okcell.schema import ConfigError
 from gpu_support import require_cuda_device
 
@@ -84,14 +84,23 @@ def test_unsupported_node_report() -> None:
     assert "unsupported operator(s): LayerNormalization" in lines[3]
 
 
-def test_progress_lines_are_rate_limited_unless_forced() -> None:
+def test_build_phases_give_bounded_lines_and_a_summary_per_phase() -> None:
+    """The IProgressMonitor calls of a build (a top-level phase, nested phases of many steps) in a log."""
     out = io.StringIO()
-    printer = ProgressPrinter(out)
-    printer.line("Building engine (12 steps)", force=True)
-    printer.line("tactics 1/12")  # within 0.5 s of the last line: dropped
-    printer.line("Building engine done", force=True)
+    phases = BuildPhases(out)
+    phases.start("Building engine", None, 40)
+    for step in range(40):
+        phases.start("Tactic search", "Building engine", 500)
+        for tactic in range(500):
+            phases.step("Tactic search", tactic)
+        phases.finish("Tactic search")
+        phases.step("Building engine", step)
+    phases.finish("Building engine")
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("build-engine [") and lines[1].endswith("Building engine done")
+    assert 10 <= len(lines) <= 12  # a line per tenth (and one per 30 s), not one per step
+    assert all(line.startswith("build-engine: Building engine: ") for line in lines)
+    assert lines[0].startswith("build-engine: Building engine: 4/40 steps") and lines[0].endswith("Tactic search 500/500")
+    assert lines[-1].startswith("build-engine: Building engine: 40/40 steps in ")
 
 
 def build_engine_cli(argv: list[str]) -> int:
