@@ -6,37 +6,24 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from asyncua import Client, ua
 from asyncua.crypto import security_policies
-from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.ua.uaerrors import UaStatusCodeError
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge.opcua.security import SERVER_CERT, SERVER_KEY, ensure_server_certificate
 from edge.opcua.server import APPLICATION_URI, OpcUaServer
 from okcell.result import InspectionResult
-from opcua_support import PASSWORD, USER, DrivenCell, cell_node, free_port, make_config, var
-
-SECURE = ["Basic256Sha256_SignAndEncrypt", "Basic256Sha256_Sign"]
-CLIENT_URI = "urn:test:plc-client"
+from opcua_support import (
+    CLIENT_URI, PASSWORD, SECURE, USER, DrivenCell, cell_node, free_port, make_client_cert, make_config, var,
+)
 
 
 def inspection(cycle: int, part_id: str) -> InspectionResult:
     return InspectionResult("OK", 0.1, 0.5)
-
-
-def make_client_cert(folder: Path, name: str) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / f"{name}.der", folder / f"{name}.pem"
-    asyncio.run(setup_self_signed_certificate(
-        key, cert, CLIENT_URI, socket.gethostname(), [ExtendedKeyUsageOID.CLIENT_AUTH], {"organizationName": "test"}
-    ))
-    return cert, key
 
 
 @pytest.fixture(scope="module")
