@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from edge.opcua import endpoint_guard
 from edge.opcua.config import OpcUaConfig, UserAccount
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ async def apply_security(server: Server, config: OpcUaConfig, app_uri: str) -> N
             "encrypted and passwords travel in clear text; use it only on an isolated network"
         )
     server.set_security_policy([_POLICY_TYPES[name] for name in config.security], permission_ruleset=CellPermissions())
+    endpoint_guard.install()  # sessions only on the policies and modes set here; a None channel is for discovery
     tokens: list[type] = [ua.UserNameIdentityToken]
     if config.anonymous:
         tokens.append(ua.AnonymousIdentityToken)
