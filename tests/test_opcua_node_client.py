@@ -1,5 +1,5 @@
 """The server against an independent OPC UA stack (node-opcua), so that a misunderstanding shared by our server and
-asyncua's client cannot hide: policy None, anonymous and user rights, wrong passwords."""
+asyncua's client cannot hide: policy None, anonymous and user rights, wrong passwords, certificate onboarding."""
 
 from __future__ import annotations
 
@@ -112,5 +112,23 @@ def test_rules_hold_on_a_configured_none_channel(tmp_path: Path) -> None:
         assert step(anonymous, "session")["ok"] and statuses(anonymous) == ["BadUserAccessDenied"] * 2, anonymous
         assert statuses(user) == ["Good", "Good"], user
         assert [result.part_id for result in cell.cell.published] == ["probe-part"]
+    finally:
+        cell.close()
+
+
+def test_onboarding_with_an_empty_trusted_folder(tmp_path: Path) -> None:
+    """A fresh install: the first connection is refused and leaves the certificate in rejected/; moved to trusted/,
+    the same client connects (no restart) and inspects a part."""
+    cell = ProbedCell(tmp_path, trusted=False)
+    try:
+        assert not any(cell.config.trusted_dir.iterdir())
+        plan = Session(user=USER, password=PASSWORD, actions=[{"call": "Trigger", "args": ["first-part"]}, {"result": True}])
+        [refused] = cell.probe(plan)
+        assert not step(refused, "session")["ok"] and step(refused, "session")["status"] == "BadCertificateUntrusted", refused
+        rejected = list(cell.config.rejected_dir.iterdir())
+        assert [path.read_bytes() for path in rejected] == [cell.cert[0].read_bytes()]
+        shutil.move(rejected[0], cell.config.trusted_dir / rejected[0].name)
+        [accepted] = cell.probe(plan)
+        assert step(accepted, "result")["ok"] and step(accepted, "result")["DecisionText"] == "OK", accepted
     finally:
         cell.close()
