@@ -92,13 +92,20 @@ def test_wrong_password_is_refused(secure_cell: ProbedCell) -> None:
         assert not session["ok"] and session["status"] == "BadUserAccessDenied", steps
 
 
-def test_user_triggers_and_receives_the_result(secure_cell: ProbedCell) -> None:
-    actions: list[dict[str, Any]] = [{"call": "Trigger", "args": ["bad-part"]}, {"result": True}]
+def test_user_triggers_and_receives_the_result_and_part_ids_are_limited(secure_cell: ProbedCell) -> None:
+    actions: list[dict[str, Any]] = [
+        {"call": "Trigger", "args": ["bad-part"]},
+        {"result": True},
+        {"write": "Handshake.PartId", "type": "String", "value": "x" * 257},
+        {"write": "Handshake.PartId", "type": "String", "value": "line\nfeed"},
+        {"call": "Trigger", "args": ["nul\u0000byte"]},
+    ]
     for steps in secure_cell.probe(Session(user=USER, password=PASSWORD, actions=actions),
                                    Session(mode="Sign", user=USER, password=PASSWORD, actions=actions)):
         call, result = step(steps, "call"), step(steps, "result")
         assert call["status"] == "Good" and len(call["outputs"]) == 1, steps
         assert result["ok"] and result["ResultId"] == call["outputs"][0] and result["DecisionText"] == "NOK", steps
+        assert statuses(steps)[2:] == ["BadOutOfRange", "BadOutOfRange", "BadInvalidArgument"], steps
 
 
 def test_rules_hold_on_a_configured_none_channel(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from edge.acquisition.replay_source import ReplaySource
 from edge.acquisition.source import FrameSource, SourceError, SourceTimeout
 from edge.runtime.archive import ResultArchive
 from edge.runtime.cell_config import STAGES, CellConfig
-from edge.runtime.control import CellStatus, TriggerRefused
+from edge.runtime.control import CellStatus, TriggerRefused, check_part_id
 from edge.runtime.outputs import ResultSink
 from okcell.result import CellResult, InspectionResult
 from edge.runtime.sdnotify import SdNotifier
@@ -161,7 +161,9 @@ class CellService:
     # ---- control (CellControl) ------------------------------------------------------------------------------
 
     def request_trigger(self, part_id: str) -> int:
-        """Queue one software trigger; returns its result id (= cycle). Thread-safe."""
+        """Queue one software trigger; returns its result id (= cycle). Thread-safe. ``InvalidPartId`` if
+        :func:`check_part_id` refuses ``part_id``."""
+        check_part_id(part_id)
         if self.source.trigger_mode != "software":
             raise TriggerRefused(f"the cell runs in {self.source.trigger_mode} mode: the camera triggers, not requests")
         if not self._accepting:
