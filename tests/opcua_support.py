@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from asyncua import Client, Node, ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge.runtime.control import CellStatus, TriggerRefused
 from edge.opcua.config import OpcUaConfig, parse_opcua_config
@@ -22,12 +24,24 @@ from okcell.schema import ConfigError
 USER, PASSWORD = "plc", "line-7-secret"
 PASSWORD_HASH = hash_password(PASSWORD, iterations=1000)  # cheap for tests; production default is 200k
 NAMESPACE = "urn:okcell:cell"
+SECURE = ["Basic256Sha256_SignAndEncrypt", "Basic256Sha256_Sign"]
+CLIENT_URI = "urn:test:plc-client"
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def make_client_cert(folder: Path, name: str, app_uri: str = CLIENT_URI) -> tuple[Path, Path]:
+    """A self-signed client certificate (DER) and key (PEM) for ``app_uri``, like a PLC or UaExpert brings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.der", folder / f"{name}.pem"
+    asyncio.run(setup_self_signed_certificate(
+        key, cert, app_uri, socket.gethostname(), [ExtendedKeyUsageOID.CLIENT_AUTH], {"organizationName": "test"}
+    ))
+    return cert, key
 
 
 def make_config(state_dir: Path, port: int, **section: Any) -> OpcUaConfig:

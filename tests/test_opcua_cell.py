@@ -17,6 +17,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 
 from okcell.recipe import BANK_FILE
 from edge.runtime.cell_config import load_cell_config
+from edge.runtime.control import InvalidPartId
 from edge.opcua.server import OpcUaServer
 from edge.runtime.service import CellService
 from opcua_support import PASSWORD_HASH, USER, EventCollector, cell_node, connect, free_port, subscribe_results, var
@@ -262,3 +263,29 @@ def test_server_restarts_with_the_service_and_a_subscribed_client_reconnects(cel
             await client.disconnect()
 
     asyncio.run(scenario())
+
+
+def test_part_id_limit_holds_on_every_path(service: CellService) -> None:
+    """256 characters, no control characters: on the handshake variable, the Trigger method and the cell itself;
+    nothing refused reaches the archive."""
+    too_long, control = "x" * 8_000_000, "part\x00id"
+
+    async def scenario() -> None:
+        client = await connect(endpoint(service))
+        try:
+            cell, idx = await cell_node(client)
+            for bad in (too_long, control):
+                with pytest.raises(UaStatusCodeError) as caught:
+                    await var(client, idx, "Handshake.PartId").write_value(ua.DataValue(ua.Variant(bad, ua.VariantType.String)))
+                assert caught.value.code == ua.StatusCodes.BadOutOfRange
+                with pytest.raises(UaStatusCodeError) as caught:
+                    await cell.call_method(ua.QualifiedName("Trigger", idx), ua.Variant(bad))
+                assert caught.value.code == ua.StatusCodes.BadInvalidArgument
+        finally:
+            await client.disconnect()
+
+    asyncio.run(scenario())
+    for bad in (too_long, control, "x" * 257, "line\nfeed"):
+        with pytest.raises(InvalidPartId, match="part id"):
+            service.request_trigger(bad)
+    assert not any(len(row["part_id"]) > 256 or "\x00" in row["part_id"] for row in archive_rows(service).values())

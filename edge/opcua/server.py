@@ -18,7 +18,7 @@ from asyncua.common.callback import CallbackType
 
 from edge.opcua.address_space import CellNodes, build_address_space, write_value
 from okcell.names import CELL_STATES
-from edge.runtime.control import CellControl, CellStatus, ResultRecord, TriggerRefused
+from edge.runtime.control import CellControl, CellStatus, InvalidPartId, ResultRecord, TriggerRefused, check_part_id
 from edge.opcua.config import OpcUaConfig
 from edge.opcua.handshake import PollingHandshake, PublishedResults
 from edge.opcua.security import apply_security
@@ -28,7 +28,6 @@ from okcell.schema import ConfigError
 log = logging.getLogger(__name__)
 
 APPLICATION_URI = "urn:okcell:server"
-MAX_PART_ID = 256
 
 
 class OpcUaServer:
@@ -147,6 +146,7 @@ class OpcUaServer:
         nodes = await build_address_space(server, self._config.namespace, handlers)
         self._server, self._nodes = server, nodes
         handshake = PollingHandshake(server, nodes, self._trigger, self._published, self._config.result_timeout_s)
+        server.subscribe_server_callback(CallbackType.PreWrite, handshake.check_client_write)
         server.subscribe_server_callback(CallbackType.PostWrite, handshake.on_client_write)
         event = await server.get_event_generator(nodes.event_type, nodes.cell)
         try:
@@ -272,8 +272,9 @@ class OpcUaServer:
         bad = _check_arguments(args, [ua.VariantType.String])
         if bad is not None:
             return bad
-        part_id = args[0].Value or ""
-        if len(part_id) > MAX_PART_ID:
+        try:
+            part_id = check_part_id(args[0].Value or "")
+        except InvalidPartId:
             return _argument_error(1, 0, ua.StatusCodes.BadOutOfRange)
         try:
             result_id = await self._trigger(part_id)

@@ -33,7 +33,7 @@ from edge.runtime.archive import ArchiveError, ResultArchive
 from edge.runtime.archive_guard import ArchiveGuard
 from edge.runtime.cell_config import STAGES, CellConfig
 from okcell.names import CellState
-from edge.runtime.control import CellStatus, TriggerRefused
+from edge.runtime.control import CellStatus, TriggerRefused, check_part_id
 from edge.runtime.outputs import ResultSink
 from okcell.result import CellResult, InspectionResult
 from edge.runtime.sdnotify import SdNotifier
@@ -176,7 +176,9 @@ class CellService:
     # ---- control (CellControl) ------------------------------------------------------------------------------
 
     def request_trigger(self, part_id: str) -> int:
-        """Queue one software trigger; returns its result id (= cycle). Thread-safe."""
+        """Queue one software trigger; returns its result id (= cycle). Thread-safe. ``InvalidPartId`` if
+        :func:`check_part_id` refuses ``part_id``."""
+        check_part_id(part_id)
         if self.source.trigger_mode != "software":
             raise TriggerRefused(f"the cell runs in {self.source.trigger_mode} mode: the camera triggers, not requests")
         job = Job(0, part_id, time.time())
