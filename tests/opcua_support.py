@@ -15,7 +15,7 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge.runtime.control import CellStatus, TriggerRefused
-from edge.opcua.config import OpcUaConfig, parse_opcua_config
+from edge.runtime.opcua_config import OpcUaConfig, parse_opcua_config
 from edge.opcua.security import hash_password
 from okcell.names import CellState
 from okcell.result import CellResult, InspectionResult

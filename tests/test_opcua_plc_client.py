@@ -13,7 +13,7 @@ import pytest
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
-from edge.opcua.config import parse_opcua_config
+from edge.runtime.opcua_config import parse_opcua_config
 from edge.opcua.plc_client import PlcClientSink
 from edge.opcua.security import ensure_server_certificate
 from okcell.result import CellResult, Decision, InspectionResult

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from edge.runtime.control import CellStatus
-    from edge.opcua.config import parse_opcua_config
+    from edge.runtime.opcua_config import parse_opcua_config
     from edge.opcua.security import hash_password
     from edge.opcua.server import OpcUaServer
     from okcell.result import CellResult, InspectionResult

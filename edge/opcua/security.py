@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge.opcua import endpoint_guard
-from edge.opcua.config import OpcUaConfig, UserAccount
+from edge.runtime.opcua_config import OpcUaConfig, UserAccount
 
 log = logging.getLogger(__name__)
 

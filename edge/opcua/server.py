@@ -19,7 +19,7 @@ from asyncua.common.callback import CallbackType
 from edge.opcua.address_space import CellNodes, build_address_space, write_value
 from okcell.names import CELL_STATES
 from edge.runtime.control import CellControl, CellStatus, InvalidPartId, ResultRecord, TriggerRefused, check_part_id
-from edge.opcua.config import OpcUaConfig
+from edge.runtime.opcua_config import OpcUaConfig
 from edge.opcua.handshake import PollingHandshake, PublishedResults
 from edge.opcua.security import apply_security
 from okcell.result import CellResult

@@ -15,7 +15,7 @@ from edge.acquisition.camera_settings import FeatureSetting
 from edge.acquisition.harvester_source import DEVICE_KEYS, CameraSettings
 from edge.acquisition.producers import find_producers
 from edge.acquisition.source import TRIGGER_MODES, TriggerMode
-from edge.opcua.config import OpcUaConfig, parse_opcua_config
+from edge.runtime.opcua_config import OpcUaConfig, parse_opcua_config
 from okcell.schema import ConfigError, read_yaml, require_keys
 from okcell.names import BACKENDS
 
