@@ -60,7 +60,7 @@ class EngineSidecar:
     @classmethod
     def load(cls, path: Path) -> "EngineSidecar":
         """Read and validate an engine sidecar; raises ConfigError naming the file and field."""
-        data = read_json(path, missing_hint="engine sidecar; engines are made by `okcell build-engine`")
+        data = read_json(path, missing="engine sidecar not found (engines are made by `okcell build-engine`)")
         required = {
             "engine_file", "engine_sha256", "onnx_file", "onnx_sha256", "tensorrt_version", "gpu_name",
             "compute_capability", "precision", "input_size", "batch", "built_at", "okcell_version", "format_version",

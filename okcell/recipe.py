@@ -215,7 +215,7 @@ class Recipe:
         source = str(path)
         if not directory.is_dir():
             raise ConfigError(f"{directory}: recipe directory not found (build one with `okcell calibrate`)")
-        content = read_bytes(path, missing_hint=f"{directory} is not a complete recipe")
+        content = read_bytes(path, missing=f"not found; {directory} is not a complete recipe")
         if public_key is not None:
             verify_file(path, load_public_key(public_key), content)
         manifest = parse_json(content, path)

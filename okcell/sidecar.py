@@ -66,7 +66,7 @@ class ModelSidecar:
     @classmethod
     def load(cls, path: Path) -> "ModelSidecar":
         """Read and validate a sidecar; raises ConfigError naming the file and field."""
-        data = read_json(path, missing_hint="model sidecar; export the model with `okcell export`")
+        data = read_json(path, missing="model sidecar not found (export the model with `okcell export`)")
         required = {
             "onnx_file", "onnx_sha256", "input_size", "patch_size", "feature_dim", "embedding_dim",
             "layers", "layer_fusion", "dynamic_batch", "opset", "model_source", "mean", "std",

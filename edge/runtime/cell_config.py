@@ -82,7 +82,7 @@ class CellConfig:
 def load_cell_config(path: Path | str) -> CellConfig:
     """Read and validate ``cell.yaml``; raises ConfigError naming the file and key."""
     path = Path(path)
-    data = read_yaml(path, missing_hint="cell config")
+    data = read_yaml(path, missing="cell config not found")
     return parse_cell_config(data, path)
 
 
