@@ -114,11 +114,27 @@ def test_bad_feature_values_list_what_the_camera_offers(feature, message):
     source.close()
 
 
+def test_check_configures_the_device_without_acquiring_and_releases_it():
+    source = viky(features=[FeatureSetting("Width", 256)])
+    source.check()
+    assert source.acquirer is None and not source.stats.connected
+    assert source.applied_features["Width"] == 256 and source.stats.frames == 0
+    with pytest.raises(ConfigError, match=r"camera.features.Width: value 5000 outside"):
+        viky(features=[FeatureSetting("Width", 5000)]).check()
+    source.open()  # the device was released
+    try:
+        assert source.grab("", 2.0).image.shape == (400, 256, 3)
+    finally:
+        source.close()
+
+
 def test_device_selection_by_serial_index_and_ambiguity():
     with pytest.raises(SourceLost, match=r"no device with serial_number='9'.*serial_number='2'"):
         viky(serial="9").open()
     with pytest.raises(ConfigError, match=r"model='Viky' matches 3 devices"):
         viky(device={"model": "Viky"}).open()
+    with pytest.raises(ConfigError, match=r"^cell.yaml: camera.device.index 5: only 3 cameras found; .*serial_number='2'"):
+        viky(device={"index": 5}).open()
     source = viky(device={"index": 2})
     source.open()
     try:

@@ -43,6 +43,11 @@ class ReplaySource:
         self._due = time.monotonic()
         self.stats.connected = True
 
+    def check(self) -> None:
+        """Read every image once (ImageError names a bad file), then release them."""
+        self.open()
+        self.close()
+
     def grab(self, part_id: str, timeout_s: float) -> Frame:
         if not self._images:
             raise SourceLost(f"{self.name}: not open")

@@ -12,6 +12,9 @@ import threading
 from pathlib import Path
 
 log = logging.getLogger("okcell.run")
+# How often the main thread wakes while the cell runs: Python runs signal handlers only in the main thread, and a
+# signal the kernel hands to another thread (camera, inference, OPC UA) does not interrupt the main thread's wait.
+_SIGNAL_POLL_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         service.shutdown(timeout_s=5)
         raise
     while True:
-        stop.wait()
+        if not stop.wait(_SIGNAL_POLL_S):
+            continue
         if reload.is_set():
             reload.clear()
             stop.clear()

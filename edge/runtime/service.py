@@ -122,12 +122,15 @@ class CellService:
         self.sinks.append(sink)
 
     def startup(self) -> None:
-        """Open archive, model, recipe and camera, run one warm-up inference, start the stages, send READY=1."""
+        """Open the archive, check the camera (bad camera settings fail here, before the model is loaded), open model
+        and recipe, run one warm-up inference, open the camera, start the stages, send READY=1."""
         self.state = "Initializing"
-        self.notifier.status("starting: opening archive, model, recipe, camera")
+        self.notifier.status("starting: opening archive, checking camera, opening model, recipe, camera")
         self.archive.start()  # ConfigError naming the path if it is read-only or full
         self.start_cycle = self._cycle = self.archive.issued
+        self.source.check()
         self._inspection = self._load_inspection(self.config.recipe)
+        self._log_setup(self._inspection)
         self._warm_up(self._inspection)
         unfinished = self.archive.unfinished()
         if unfinished:
@@ -135,7 +138,7 @@ class CellService:
                         len(unfinished), unfinished[0].cycle, unfinished[-1].cycle)
         for reservation in unfinished:  # published first, like any result, once the stages run
             self._emit_error(Job(reservation.cycle, reservation.part_id, reservation.time), RESTARTED)
-        self.source.open()
+        self.source.open()  # acquisition starts only now: no frame from before READY becomes a cycle
         for sink in self.sinks:
             sink.start()
         for stage in STAGES:
@@ -569,14 +572,18 @@ class CellService:
         return Inspection(Inspector(extractor, recipe), recipe, Path(recipe_dir), extractor)
 
     def _open_extractor(self) -> Any:
-        model = self.config.model
-        if model.backend == "onnxruntime":
-            from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
-
-            return OnnxRuntimeExtractor(model.onnx, threads=model.threads)
         from edge.backends.select import open_extractor
 
+        model = self.config.model
         return open_extractor(model.onnx, backend=model.backend, engine_path=model.engine, threads=model.threads)
+
+    def _log_setup(self, inspection: Inspection) -> None:
+        """One line each for the model, recipe and archive in use (the backend's line comes from its selection)."""
+        log.info("model %s: sha256 %s…", self.config.model.onnx, inspection.extractor.sidecar.sha256[:12])
+        log.info("recipe %s (id %s): %s, threshold %.6g", inspection.recipe_dir.name, inspection.recipe_id,
+                 inspection.recipe_dir, inspection.recipe.threshold)
+        archive = self.config.archive
+        log.info("archive %s (sync %s, images up to %g MB)", archive.directory, archive.sync, archive.quota_mb)
 
     def _warm_up(self, inspection: Inspection) -> None:
         """One inference on a grey frame of the recipe's size and channels; an ERROR here fails startup."""
