@@ -7,6 +7,7 @@ import queue
 import socket
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +15,7 @@ from asyncua import Client, Node, ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from edge.runtime.stages import TimingWindow
 from edge.runtime.control import CellStatus, TriggerRefused
 from edge.runtime.opcua_config import OpcUaConfig, parse_opcua_config
 from edge.opcua.security import hash_password
@@ -63,6 +65,7 @@ class DrivenCell:
         self.produce = produce
         self.cycle = 0
         self.state: CellState = "Operational"
+        self.cycle_ms = TimingWindow()
         self.error_text = ""
         self.recipes = recipes
         self.active_recipe = recipes[0]
@@ -96,7 +99,9 @@ class DrivenCell:
         self.active_recipe = recipe_id
 
     def status(self) -> CellStatus:
-        return CellStatus(self.state, self.error_text, True, "onnxruntime", self.active_recipe, self.recipes, 3, 1)
+        counts = Counter(result.decision for result in self.published)
+        return CellStatus(self.state, self.error_text, True, "onnxruntime", self.active_recipe, self.recipes, 3, 1,
+                          dict(counts), self.cycle_ms.percentile("cycle", 50), self.cycle_ms.percentile("cycle", 99))
 
     def close(self) -> None:
         self._requests.put(None)
@@ -105,8 +110,9 @@ class DrivenCell:
     def _work(self) -> None:
         while (request := self._requests.get()) is not None:
             cycle, part_id, trigger_time = request
-            result = CellResult(cycle, cycle, part_id, trigger_time, self.active_recipe, self.produce(cycle, part_id))
+            result = CellResult(cycle, part_id, trigger_time, self.active_recipe, self.produce(cycle, part_id))
             self.published.append(result)
+            self.cycle_ms.add("cycle", (time.time() - trigger_time) * 1000.0)
             for sink in self.sinks:
                 sink.publish(result)
 

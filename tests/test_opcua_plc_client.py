@@ -95,7 +95,7 @@ class FakePlcServer:
 
 def result(n: int, decision: Decision = "OK") -> CellResult:
     score = None if decision == "ERROR" else 0.25 * n
-    return CellResult(n, n, f"part-{n}", time.time(), "demo", InspectionResult(decision, score, 0.5, error="bad frame" if decision == "ERROR" else None))
+    return CellResult(n, f"part-{n}", time.time(), "demo", InspectionResult(decision, score, 0.5, error="bad frame" if decision == "ERROR" else None))
 
 
 def wait_for(predicate, timeout_s: float = 15.0) -> None:

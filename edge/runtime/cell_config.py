@@ -17,9 +17,8 @@ from edge.acquisition.producers import find_producers
 from edge.acquisition.source import TRIGGER_MODES, TriggerMode
 from edge.runtime.opcua_config import OpcUaConfig, parse_opcua_config
 from okcell.schema import ConfigError, read_yaml, require_keys
-from okcell.names import BACKENDS
+from okcell.names import BACKENDS, CELL_STAGES
 
-STAGES = ("acquisition", "inference", "outputs")
 SYNC_MODES = ("normal", "full")
 
 
@@ -133,8 +132,8 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
     budgets = WatchdogConfig().budgets_s
     if "budgets_s" in watchdog.data:
         section = watchdog.section("budgets_s")
-        section.keys(set(), set(STAGES))
-        budgets.update({stage: section.number(stage, float, budgets[stage], minimum=0.1) for stage in STAGES})
+        section.keys(set(), set(CELL_STAGES))
+        budgets.update({stage: section.number(stage, float, budgets[stage], minimum=0.1) for stage in CELL_STAGES})
     backoff = watchdog.data.get("reconnect_backoff_s", [0.5, 10.0])
     if (not isinstance(backoff, list) or len(backoff) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in backoff)

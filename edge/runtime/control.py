@@ -8,7 +8,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
-from okcell.names import DECISIONS, CellState
+from okcell.names import DECISIONS, CellState, Decision
 from okcell.result import CellResult
 
 MAX_PART_ID = 256  # characters
@@ -45,6 +45,9 @@ class CellStatus:
     available_recipes: tuple[str, ...]
     fetch_timeouts: int
     reconnects: int
+    counts: dict[Decision, int]  # results published since start, by decision
+    cycle_p50_ms: float | None  # over the cell's recent cycles; None before the first
+    cycle_p99_ms: float | None
 
 
 class CellControl(Protocol):
