@@ -164,7 +164,7 @@ def _synthetic_lines(synthetic: dict[str, Any] | None) -> list[str]:
 
 def load_result(path: Path) -> dict[str, Any]:
     """A complete ``evaluation.json``; ConfigError naming the file otherwise."""
-    data = read_json(Path(path), missing_hint="an evaluation.json written by `okcell evaluate`")
+    data = read_json(Path(path), missing="not found; expected an evaluation.json written by `okcell evaluate`")
     if not isinstance(data, dict) or data.get("status") != "complete":
         raise ConfigError(f"{path}: not a complete `okcell evaluate` result (status {data.get('status') if isinstance(data, dict) else None!r})")
     return data

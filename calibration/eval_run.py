@@ -263,8 +263,9 @@ def _tile(inspector: FrameInspector, record: Record) -> Tile | None:
     image = cv2.cvtColor(inspector.overlay(frame, result), cv2.COLOR_BGR2RGB)
     if record.image.mask is not None:
         mask, _ = read_or_error(record.image.mask)
-        if mask is not None and mask.shape[:2] == image.shape[:2]:
+        if mask is not None:  # the overlay may be scaled down from the frame
             outline = ((mask if mask.ndim == 2 else mask.max(axis=2)) > 0).astype(np.uint8)
+            outline = cv2.resize(outline, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
             contours, _ = cv2.findContours(outline, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(image, contours, -1, (255, 255, 255), max(1, min(image.shape[:2]) // 200), cv2.LINE_AA)
     if record.image.defect is None:
