@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def extract_split(extractor: TokenExtractor, extraction: Extraction, folder: Pat
         target = chunk_path(folder, split, index)
         if target.exists():
             continue
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, Any] = {}
         for number, path in enumerate(paths[start:start + CHUNK]):
             image = read_image(path)
             if transform is not None:

@@ -35,8 +35,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 from accuracy_features import BLOCKS, CACHE, load_split  # noqa: E402
 from accuracy_jobs import DATASETS, JOBS, PATCH, Job, extraction, job_folder, split_paths  # noqa: E402
 from calibration.coreset import SequentialCoreset  # noqa: E402
+from okcell.images import read_image  # noqa: E402
 from okcell.frames import CropFeatures, foreground_patches, score_crop  # noqa: E402
-from okcell.masking import Mask, NoMask, PcaMask, grow  # noqa: E402
+from okcell.masking import Mask, NoMask, PcaMask, first_component, grow  # noqa: E402
 from okcell.scoring import ExactPatchScorer  # noqa: E402
 from okcell.sizing import Layout, Sizing  # noqa: E402
 
@@ -79,13 +80,13 @@ class Images:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = read_image(path)
     return int(image.shape[0]), int(image.shape[1])
 
 
 def defect_share(mask_path: Path, layout: Layout) -> np.ndarray:
     """Share of each grid cell covered by the defect mask (mask resized to the grid's extent in crop pixels)."""
-    mask = (cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127).astype(np.float32)
+    mask = (read_image(mask_path) > 127).astype(np.float32)
     rows, cols = layout.grid
     height, width = layout.extent
     full = np.zeros((height, width), np.float32)
@@ -145,9 +146,8 @@ class ImagePcaMask:
 
 def image_pca_foreground(frame_features: np.ndarray, layout: Layout) -> np.ndarray:
     flat = frame_features.reshape(-1, frame_features.shape[-1])
-    centred = flat - flat.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    grid = layout.stitch((frame_features - flat.mean(axis=0)) @ vt[0])
+    direction = first_component(flat - flat.mean(axis=0))
+    grid = layout.stitch((frame_features - flat.mean(axis=0)) @ direction)
     rows, cols = grid.shape
     centre = grid[int(rows * 0.2) : int(rows * 0.8), int(cols * 0.2) : int(cols * 0.8)]
     if np.mean(centre > 0) <= 0.35:
@@ -217,8 +217,7 @@ class Evaluator:
                 scores[split].append(scored.score)
                 if split == "test-ok":
                     cell_neg.append(scored.grid[layout.valid()])
-                elif images.masks[number] is not None:
-                    share = images.masks[number]
+                elif (share := images.masks[number]) is not None:
                     cell_pos.append(scored.grid[share >= 0.5])
                     cell_neg.append(scored.grid[(share == 0) & layout.valid()])
                     if (share >= 0.5).any():
@@ -231,6 +230,8 @@ class Evaluator:
             "threshold_1pct": threshold,
             "patch_auroc": rank_auroc(np.concatenate(cell_neg), np.concatenate(cell_pos)) if cell_pos else None,
             "defect_cells_scored": float(np.mean(coverage)) if coverage else None,
+            "separation": float(np.min(nok) / np.max(ok)),
+            "ok_scores": [round(v, 6) for v in ok.tolist()], "nok_scores": [round(v, 6) for v in nok.tolist()],
             "bank": len(coreset),
             "ok": len(ok), "nok": len(nok),
             "seconds_bank": round(banked - started, 1), "seconds_total": round(time.perf_counter() - started, 1),
@@ -309,17 +310,18 @@ def evaluate(datasets: list[str], only: set[str]) -> dict[str, Any]:
 def table(results: dict[str, Any]) -> Iterator[str]:
     for dataset, make in VARIANTS.items():
         yield f"\n### {SHORT[dataset]} (`{dataset}`)\n"
-        yield "| variant | layout | blocks | k | aggregation | augment | mask | bank | image AUROC | recall @1 % FR | patch AUROC |"
-        yield "|---|---|---|---|---|---|---|---|---|---|---|"
+        yield "| variant | layout | blocks | k | aggregation | augment | mask | bank | image AUROC | recall @1 % FR | lowest NOK / highest OK | patch AUROC |"
+        yield "|---|---|---|---|---|---|---|---|---|---|---|---|"
         for variant in make():
             row = results.get(variant.key(dataset))
             if row is None:
                 continue
             blocks = "+".join(map(str, variant.blocks)) + (f" {variant.fusion}" if len(variant.blocks) > 1 else "")
             patch = "–" if row["patch_auroc"] is None else f"{row['patch_auroc']:.3f}"
+            separation = f"{row['separation']:.2f}" if "separation" in row else "–"
             yield (f"| {variant.label} | {variant.layout}{' ' + variant.preprocess if variant.preprocess else ''} | {blocks} | "
                    f"{variant.k} | {variant.aggregation} | {','.join(variant.augment) or '–'} | {variant.mask} | {row['bank']} | "
-                   f"{row['image_auroc']:.3f} | {100 * row['recall_1pct']:.0f} % | {patch} |")
+                   f"{row['image_auroc']:.3f} | {100 * row['recall_1pct']:.0f} % | {separation} | {patch} |")
 
 
 def main() -> None:
@@ -336,6 +338,7 @@ def main() -> None:
         "Bank: greedy k-center coreset (okcell SequentialCoreset, 10 % of the OK training patches, projections 128-d); "
         "exact nearest neighbours (matrix products). Recall at 1 % false rejects: threshold from the **test OK** scores "
         "(at most floor(1 % of n) test OK above it; with < 100 test OK images that is the highest test OK score). "
+        "Lowest NOK / highest OK: the image-score margin (above 1: every test NOK scores above every test OK). "
         "Patch AUROC: grid cells with >= 50 % defect mask against defect-free cells of all test images.",
         *table(results),
         "",

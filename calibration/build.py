@@ -34,7 +34,7 @@ from okcell.masking import ImageMask, Mask, NoMask, PcaMask
 from okcell.roi import Roi
 from okcell.scoring import PatchScorer, check_aggregation
 from okcell.schema import ConfigError, sha256_file
-from okcell.sizing import Sizing
+from okcell.sizing import Sizing, stretch_warning
 
 DEFAULT_MAX_BANK = 100_000
 EF_SAMPLE_IMAGES = 8
@@ -239,6 +239,9 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
         reference.load(paths[0])
     settings = dataclasses.replace(settings, sizing=settings.sizing.resolved(reference.crop_size, sidecar.input_size))
     settings.check_augment(reference.crop_size, sidecar.input_size)
+    warning = stretch_warning(reference.crop_size, sidecar.input_size, sidecar.patch_size) if settings.sizing.mode == "stretch" else None
+    if warning is not None:
+        _say(f"note: {warning}")
     image_mask = None if settings.mask in ("none", "pca") else _mask(None, settings)  # a bad mask file fails now
 
     staging = recipe_files.staging_directory(out)

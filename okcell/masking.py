@@ -48,6 +48,12 @@ def centre(grid: np.ndarray) -> np.ndarray:
     return grid[int(rows * CENTRE_MARGIN) : rows - int(rows * CENTRE_MARGIN), int(cols * CENTRE_MARGIN) : cols - int(cols * CENTRE_MARGIN)]
 
 
+def first_component(centred: np.ndarray) -> np.ndarray:
+    """Unit direction of largest variance of (n, C) centred rows (eigenvector of the C x C scatter matrix)."""
+    scatter = centred.T.astype(np.float64) @ centred.astype(np.float64)
+    return np.linalg.eigh(scatter)[1][:, -1].astype(np.float32)
+
+
 class NoMask:
     mode = "none"
 
@@ -79,7 +85,7 @@ class PcaMask:
         sample = np.concatenate([f.reshape(-1, f.shape[-1]) for f, _ in references]).astype(np.float32)
         sample = sample[rng.choice(len(sample), min(len(sample), PCA_SAMPLE), replace=False)]
         mean = sample.mean(axis=0)
-        direction = np.linalg.svd(sample - mean, full_matrices=False)[2][0]
+        direction = first_component(sample - mean)
         mask = cls(mean, direction, 0.0)
         grids = [mask.projection(f, layout)[layout.valid()] for f, layout in references]
         centres = [centre(np.where(layout.valid(), mask.projection(f, layout), np.nan)) for f, layout in references]

@@ -123,6 +123,27 @@ class Layout:
         return (total / np.maximum(count, 1)).astype(np.float32).reshape(rows, cols)
 
 
+def aspect_preserving_size(crop_size: tuple[int, int], model_size: tuple[int, int], patch: int) -> tuple[int, int]:
+    """A model input size with the crop's aspect and about as many patches as ``model_size`` (for ``okcell export
+    --size HxW``)."""
+    height, width = crop_size
+    area = model_size[0] * model_size[1]
+    rows = max(1, round(math.sqrt(area * height / width) / patch))
+    cols = max(1, round(math.sqrt(area * width / height) / patch))
+    return rows * patch, cols * patch
+
+
+def stretch_warning(crop_size: tuple[int, int], model_size: tuple[int, int], patch: int, tolerance: float = 0.1) -> str | None:
+    """Advice when stretching ``crop_size`` to ``model_size`` distorts the aspect by more than ``tolerance``."""
+    distortion = (crop_size[1] / crop_size[0]) / (model_size[1] / model_size[0])
+    if abs(math.log(distortion)) <= math.log1p(tolerance):
+        return None
+    height, width = aspect_preserving_size(crop_size, model_size, patch)
+    return (f"stretching {crop_size[1]}x{crop_size[0]} px references to the {model_size[1]}x{model_size[0]} px model input "
+            f"distorts their aspect {max(distortion, 1 / distortion):.1f}x; to keep it, export the model with "
+            f"--size {height}x{width} (about as many patches) or calibrate with --sizing tile")
+
+
 @dataclass(frozen=True)
 class Sizing:
     """The sizing rule of a recipe: ``mode`` and, for ``tile``, the scale (model px per crop px) and overlap."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from okcell.schema import ConfigError
-from okcell.sizing import PAD_COLOUR, Sizing, tile_origins
+from okcell.sizing import PAD_COLOUR, Sizing, aspect_preserving_size, stretch_warning, tile_origins
 
 PATCH = 14
 
@@ -76,3 +76,11 @@ def test_sizing_round_trips_and_rejects_bad_values() -> None:
         Sizing("tile", 0.0)
     with pytest.raises(ConfigError, match="tile overlap 0.95"):
         Sizing("tile", 1.0, 0.95)
+
+
+def test_stretch_warning_suggests_an_aspect_preserving_export() -> None:
+    assert aspect_preserving_size((1250, 500), (448, 448), PATCH) == (714, 280)
+    assert stretch_warning((512, 512), (448, 448), PATCH) is None
+    assert stretch_warning((1000, 1080), (448, 448), PATCH) is None  # within 10 %
+    warning = stretch_warning((1250, 500), (448, 448), PATCH)
+    assert warning is not None and "distorts their aspect 2.5x" in warning and "--size 714x280" in warning
