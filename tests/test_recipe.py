@@ -16,6 +16,7 @@ from okcell.images import list_images, read_image
 from okcell.roi import Roi
 from okcell.sidecar import ModelSidecar, load_verified
 from okcell.schema import ConfigError
+from okcell.sizing import Sizing
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,9 @@ def test_load_exposes_what_the_runtime_needs(demo_recipe: Path, demo_images: Pat
     recipe.check_frame(frame)
     with pytest.raises(ValueError, match="mono frame .* calibrated on colour"):
         recipe.check_frame(frame[:, :, 0])
-    with pytest.raises(ValueError, match="200x256 px, but recipe .* 256x256 px"):
-        recipe.check_frame(frame[:, :200])
+    recipe.check_frame(frame[:, :200])  # another size: the sizing rule handles it (stretch, recorded)
+    assert recipe.sizing == Sizing("stretch") and manifest["input"]["sizing"] == {"mode": "stretch"}
+    assert manifest["input"]["crop_sizes"] == [[256, 256], [256, 256]] and manifest["scoring"]["mask"] == {"mode": "none"}
 
 
 def test_recipe_separates_demo_holdout(demo_recipe: Path, demo_images: Path, exported_model: Path, sidecar: ModelSidecar) -> None:

@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 
 from okcell.bank_index import IndexParams
+from calibration.augment import AUGMENTATIONS, parse_augment
 from calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, CalibrationSummary
 from calibration.report import risk_lines
 from okcell.recipe import MANIFEST_FILE
 from okcell.roi import Roi
-from okcell.scoring import AGGREGATIONS
 from okcell.names import BACKENDS
 from okcell.signing import signature_path
+from okcell.sizing import DEFAULT_TILE_OVERLAP, SIZING_MODES, Sizing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +36,23 @@ def add_settings_arguments(parser: argparse.ArgumentParser, model_required: bool
     parser.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate of OK parts (default 0.01)")
     parser.add_argument("--folds", type=int, default=5, help="folds for held-out OK scores (default 5)")
     parser.add_argument("--k", type=int, default=1, help="nearest bank patches averaged per patch score (default 1)")
-    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="top1pct",
-                        help="image score: mean of the top 1 %% patch scores, or the max (default top1pct)")
+    parser.add_argument("--aggregation", default="top1pct", metavar="top1pct|max|topN",
+                        help="image score: mean of the top 1 %% patch scores, the max, or the mean of the N highest "
+                             "(e.g. top10) (default top1pct)")
+    parser.add_argument("--sizing", choices=SIZING_MODES, default="stretch",
+                        help="how images of any size meet the model input: stretch to it, letterbox (aspect kept, "
+                             "padding not scored) or tile (overlapping model-size tiles at --tile-scale) (default stretch)")
+    parser.add_argument("--tile-scale", type=float, default=None, metavar="S",
+                        help="tile sizing: model pixels per image pixel (default: the first reference's short side "
+                             "fills one tile; 1.0 = full resolution)")
+    parser.add_argument("--tile-overlap", type=float, default=DEFAULT_TILE_OVERLAP,
+                        help=f"tile sizing: least overlap of neighbouring tiles, share of a tile (default {DEFAULT_TILE_OVERLAP})")
+    parser.add_argument("--mask", default="none", metavar="none|pca|FILE",
+                        help="background mask: none, pca (first principal component of the reference patches, for "
+                             "parts on a plain background) or a mask image in reference pixels, white = inspect (default none)")
+    parser.add_argument("--augment", default="none", metavar="NAME[,NAME...]",
+                        help="add rotated/mirrored copies of the OK references to the bank, for parts at varying pose: "
+                             f"{', '.join(AUGMENTATIONS)} (default none)")
     parser.add_argument("--coreset-ratio", type=float, default=0.1, help="share of OK patches kept in the bank (default 0.1)")
     parser.add_argument("--max-bank", type=int, default=DEFAULT_MAX_BANK, help=f"cap on bank patches (default {DEFAULT_MAX_BANK})")
     parser.add_argument("--label-k", type=int, default=3, help="neighbours in the nearest-label vote (default 3)")
@@ -79,6 +95,9 @@ def settings_from_args(args: argparse.Namespace, ok_dir: Path, nok_dirs: tuple[P
         folds=args.folds,
         k=args.k,
         aggregation=args.aggregation,
+        sizing=Sizing(args.sizing, args.tile_scale, args.tile_overlap),
+        mask=args.mask,
+        augment=parse_augment(args.augment),
         coreset_ratio=args.coreset_ratio,
         max_bank=args.max_bank,
         index=IndexParams(args.hnsw_m, args.hnsw_ef_construction, args.hnsw_ef),
