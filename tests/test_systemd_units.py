@@ -187,7 +187,7 @@ def test_okcell_run_inside_the_unit_sandbox(exported_model: Path, demo_recipe: P
 
     from asyncua import ua
 
-    from opcua_support import PASSWORD_HASH, USER, EventCollector, cell_node, connect, free_port, subscribe_results
+    from opcua_support import PASSWORD_HASH, USER, EventCollector, free_port, session, subscribe_results
     from service_support import NotifyListener, viky_camera, write_cell_config
 
     settings = unit_settings("okcell.service")
@@ -213,9 +213,7 @@ def test_okcell_run_inside_the_unit_sandbox(exported_model: Path, demo_recipe: P
             time.sleep(0.2)
 
         async def three_parts() -> list[int]:
-            client = await connect(f"opc.tcp://127.0.0.1:{port}/okcell")
-            try:
-                cell, idx = await cell_node(client)
+            async with session(f"opc.tcp://127.0.0.1:{port}/okcell") as (client, cell, idx):
                 collector = EventCollector()
                 await subscribe_results(client, idx, collector)
                 trigger = ua.QualifiedName("Trigger", idx)
@@ -223,8 +221,6 @@ def test_okcell_run_inside_the_unit_sandbox(exported_model: Path, demo_recipe: P
                 await collector.wait_for(3, timeout_s=300)
                 assert sorted(event.ResultId for event in collector.events) == ids
                 return ids
-            finally:
-                await client.disconnect()
 
         asyncio.run(three_parts())
         okcell_pid = int((Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split() or ["0"])[0])
