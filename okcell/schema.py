@@ -41,6 +41,12 @@ def typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], sour
     return value
 
 
+def require_format(data: Mapping[str, Any], expected: int, source: Path | str) -> None:
+    """Raise ConfigError unless ``data['format_version']`` is the integer ``expected``."""
+    if typed(data, "format_version", int, source) != expected:
+        raise ConfigError(f"{source}: field 'format_version' is {data['format_version']}, expected {expected}")
+
+
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

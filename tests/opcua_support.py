@@ -8,8 +8,9 @@ import socket
 import threading
 import time
 from collections import Counter
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from asyncua import Client, Node, ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
@@ -19,6 +20,7 @@ from edge.runtime.stages import TimingWindow
 from edge.runtime.control import CellStatus, TriggerRefused
 from edge.runtime.opcua_config import OpcUaConfig, parse_opcua_config
 from edge.opcua.security import hash_password
+from edge.opcua.server import OpcUaServer
 from okcell.names import CellState
 from okcell.result import CellResult, InspectionResult
 from okcell.schema import ConfigError
@@ -117,6 +119,23 @@ class DrivenCell:
                 sink.publish(result)
 
 
+@contextmanager
+def serving(produce: Callable[[int, str], InspectionResult], config: OpcUaConfig,
+            **server_options: Any) -> Iterator[tuple[DrivenCell, OpcUaServer]]:
+    """A ``DrivenCell`` of ``produce`` behind a started ``OpcUaServer`` (its sink); both stopped afterwards."""
+    cell = DrivenCell(produce)
+    try:
+        server = OpcUaServer(config, cell, **server_options)
+        cell.sinks.append(server)
+        server.start()
+        try:
+            yield cell, server
+        finally:
+            server.stop()
+    finally:
+        cell.close()
+
+
 async def connect(url: str, user: str | None = USER, password: str | None = PASSWORD, **kwargs: Any) -> Client:
     client = Client(url, timeout=10)
     if user is not None:
@@ -130,6 +149,17 @@ async def connect(url: str, user: str | None = USER, password: str | None = PASS
 async def cell_node(client: Client) -> tuple[Node, int]:
     idx = await client.get_namespace_index(NAMESPACE)
     return client.get_node(ua.NodeId("Cell", idx)), idx
+
+
+@asynccontextmanager
+async def session(url: str, **kwargs: Any) -> AsyncIterator[tuple[Client, Node, int]]:
+    """A client connected as ``connect`` does, with the Cell object and the namespace index; disconnected after."""
+    client = await connect(url, **kwargs)
+    try:
+        cell, idx = await cell_node(client)
+        yield client, cell, idx
+    finally:
+        await client.disconnect()
 
 
 def var(client: Client, idx: int, key: str) -> Node:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -89,6 +92,27 @@ class NotifyListener:
         self._stop.set()
         self._thread.join()
         self.sock.close()
+
+
+@contextmanager
+def ready_process(command: list[str], notify_socket: Path, env: dict[str, str] | None = None,
+                  umask: int = -1) -> Iterator[tuple[subprocess.Popen[str], NotifyListener]]:
+    """``command`` started as systemd would (NOTIFY_SOCKET at ``notify_socket``, plus ``env``), once it sent READY=1,
+    with the listener; killed afterwards if it still runs. Its output (stdout and stderr) is read from the pipe."""
+    listener = NotifyListener(notify_socket)
+    process = subprocess.Popen(command, env={**os.environ, "NOTIFY_SOCKET": str(listener.path), **(env or {})},
+                               umask=umask, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600  # a hang guard, not a speed check
+        while not any(m.startswith("READY=1") for m in listener.all):
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "no READY=1"
+            time.sleep(0.1)
+        yield process, listener
+    finally:
+        if process.poll() is None:
+            process.kill()
+        listener.close()
 
 
 def capture_viky_frames(out: Path, pixel_format: str, count: int) -> Path:

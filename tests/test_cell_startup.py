@@ -4,17 +4,15 @@ good start logs which camera, backend, model, recipe and archive are in use."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from okcell.recipe import Recipe
 from okcell.sidecar import load_verified
-from service_support import NotifyListener, viky_camera, write_cell_config
+from service_support import ready_process, viky_camera, write_cell_config
 
 OKCELL = str(Path(sys.executable).parent / "okcell")
 
@@ -65,22 +63,9 @@ def test_start_up_log_names_camera_backend_model_recipe_and_archive(exported_mod
     """... and the cell stops on a SIGTERM that lands on a thread other than the main thread."""
     config = write_cell_config(tmp_path / "cell", exported_model, demo_recipe, {"camera": viky_camera("RGBa8")},
                                "software")
-    listener = NotifyListener(tmp_path / "notify.sock")
-    process = subprocess.Popen([OKCELL, "run", "--config", str(config.path)],
-                               env={**os.environ, "NOTIFY_SOCKET": str(listener.path)},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 600  # a hang guard, not a speed check
-        while not any(m.startswith("READY=1") for m in listener.all):
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "no READY=1"
-            time.sleep(0.1)
+    with ready_process([OKCELL, "run", "--config", str(config.path)], tmp_path / "notify.sock") as (process, _):
         signal_another_thread(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        listener.close()
     assert process.returncode == 0, output
     sidecar = load_verified(exported_model)
     recipe = Recipe.load(demo_recipe, sidecar, threads=1)

@@ -20,7 +20,7 @@ from edge.opcua.security import SERVER_CERT, SERVER_KEY, TrustedClientValidator,
 from edge.opcua.server import APPLICATION_URI, OpcUaServer
 from okcell.result import InspectionResult
 from opcua_support import (
-    CLIENT_URI, PASSWORD, SECURE, USER, DrivenCell, cell_node, free_port, make_client_cert, make_config, var,
+    CLIENT_URI, PASSWORD, SECURE, USER, cell_node, serving, free_port, make_client_cert, make_config, var,
 )
 
 
@@ -34,14 +34,9 @@ def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Op
     config = make_config(state, free_port(), security=SECURE, anonymous=True)
     trusted = make_client_cert(tmp_path_factory.mktemp("client"), "trusted_client")
     untrusted = make_client_cert(tmp_path_factory.mktemp("stranger"), "stranger")
-    cell = DrivenCell(inspection)
-    server = OpcUaServer(config, cell)
-    cell.sinks.append(server)
-    server.start()
-    shutil.copy(trusted[0], config.trusted_dir / "trusted_client.der")  # trusted while running: no restart needed
-    yield server, config.pki_dir, trusted, untrusted
-    server.stop()
-    cell.close()
+    with serving(inspection, config) as (_, server):
+        shutil.copy(trusted[0], config.trusted_dir / "trusted_client.der")  # trusted while running: no restart needed
+        yield server, config.pki_dir, trusted, untrusted
 
 
 async def secure_client(url: str, cert: tuple[Path, Path], mode: ua.MessageSecurityMode, user: str | None, password: str | None) -> Client:
@@ -153,19 +148,13 @@ def test_users_cannot_write_result_variables(secure_server) -> None:
 
 def test_policy_none_only_when_configured_and_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="okcell")
-    cell = DrivenCell(inspection)
-    server = OpcUaServer(make_config(tmp_path, free_port(), security=["Basic256Sha256_SignAndEncrypt", "None"]), cell)
-    server.start()
-    try:
+    with serving(inspection, make_config(tmp_path, free_port(), security=["Basic256Sha256_SignAndEncrypt", "None"])) as (_, server):
         assert any("security policy None is enabled" in record.getMessage() for record in caplog.records)
 
         async def endpoints() -> set[str]:
             return {e.SecurityMode.name for e in await Client(server.endpoint_url).connect_and_get_server_endpoints()}
 
         assert asyncio.run(endpoints()) == {"SignAndEncrypt", "None_"}
-    finally:
-        server.stop()
-        cell.close()
 
 
 def present(validator: TrustedClientValidator, cert: Path) -> None:

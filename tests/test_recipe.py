@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +13,9 @@ from okcell.labelled import LabelledEmbeddings
 from okcell.recipe import BANK_FILE, LABELLED_FILE, MANIFEST_FILE, Recipe, compute_recipe_id
 from okcell.images import list_images, read_image
 from okcell.roi import Roi
-from okcell.sidecar import ModelSidecar, load_verified
+from okcell.sidecar import ModelSidecar
 from okcell.schema import ConfigError
 from okcell.sizing import Sizing
-
-
-@pytest.fixture(scope="module")
-def sidecar(exported_model: Path) -> ModelSidecar:
-    return load_verified(exported_model)
-
-
-@pytest.fixture
-def recipe_copy(demo_recipe: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(demo_recipe, tmp_path / "recipe"))
 
 
 def _edit_manifest(directory: Path, edit, keep_id: bool = True) -> None:

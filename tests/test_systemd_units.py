@@ -183,12 +183,11 @@ def test_okcell_run_inside_the_unit_sandbox(exported_model: Path, demo_recipe: P
     RestrictAddressFamilies=."""
     import asyncio
     import signal
-    import time
 
     from asyncua import ua
 
-    from opcua_support import PASSWORD_HASH, USER, EventCollector, cell_node, connect, free_port, subscribe_results
-    from service_support import NotifyListener, viky_camera, write_cell_config
+    from opcua_support import PASSWORD_HASH, USER, EventCollector, free_port, session, subscribe_results
+    from service_support import ready_process, viky_camera, write_cell_config
 
     settings = unit_settings("okcell.service")
     port = free_port()
@@ -196,26 +195,15 @@ def test_okcell_run_inside_the_unit_sandbox(exported_model: Path, demo_recipe: P
              "users": [{"name": USER, "password_hash": PASSWORD_HASH}]}
     config = write_cell_config(tmp_path / "cell", exported_model, demo_recipe, {"camera": viky_camera("RGBa8")},
                                "software", opcua=opcua)
-    listener = NotifyListener(tmp_path / "notify.sock")
     trace = tmp_path / "okcell.strace"
     drop = ["--bounding-set=-all"] if os.geteuid() == 0 else []  # only root has capabilities to drop
     command = ["setpriv", "--no-new-privs", "--inh-caps=-all", *drop, "--",
                "strace", "-f", "-qq", "-o", str(trace), str(Path(sys.executable).parent / "okcell"),
                "run", "--config", str(config.path)]
-    env = {**os.environ, "NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "2000000"}
-    tracer = subprocess.Popen(command, env=env, umask=0o077, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    try:
-        deadline = time.monotonic() + 600  # a hang guard only: start-up under strace on a busy machine is slow
-        while not any(m.startswith("READY=1") for m in listener.all):
-            assert tracer.poll() is None, tracer.stdout.read() if tracer.stdout else ""
-            assert time.monotonic() < deadline, "no READY=1"
-            time.sleep(0.2)
+    with ready_process(command, tmp_path / "notify.sock", env={"WATCHDOG_USEC": "2000000"}, umask=0o077) as (tracer, _):
 
         async def three_parts() -> list[int]:
-            client = await connect(f"opc.tcp://127.0.0.1:{port}/okcell")
-            try:
-                cell, idx = await cell_node(client)
+            async with session(f"opc.tcp://127.0.0.1:{port}/okcell") as (client, cell, idx):
                 collector = EventCollector()
                 await subscribe_results(client, idx, collector)
                 trigger = ua.QualifiedName("Trigger", idx)
@@ -223,18 +211,12 @@ def test_okcell_run_inside_the_unit_sandbox(exported_model: Path, demo_recipe: P
                 await collector.wait_for(3, timeout_s=300)
                 assert sorted(event.ResultId for event in collector.events) == ids
                 return ids
-            finally:
-                await client.disconnect()
 
         asyncio.run(three_parts())
         okcell_pid = int((Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split() or ["0"])[0])
         assert okcell_pid, "okcell is not running under strace"
         os.kill(okcell_pid, signal.SIGTERM)
         output, _ = tracer.communicate(timeout=300)
-    finally:
-        if tracer.poll() is None:
-            tracer.kill()
-        listener.close()
     assert tracer.returncode == 0, output
 
     calls, families = set(), set()
