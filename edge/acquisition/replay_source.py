@@ -30,8 +30,11 @@ class ReplaySource:
             raise ConfigError(f"{config_source}: trigger.mode: a replay source has no hardware trigger; use software or free_run")
         if rate_hz <= 0:
             raise ConfigError(f"{config_source}: replay.rate_hz must be > 0, found {rate_hz}")
-        self.folder = Path(images) if isinstance(images, (str, Path)) else None
-        self.paths = list_images(self.folder) if self.folder is not None else [Path(p) for p in images]
+        if isinstance(images, (str, Path)):
+            self.folder: Path | None = Path(images)
+            self.paths = list_images(self.folder)
+        else:
+            self.folder, self.paths = None, [Path(p) for p in images]
         if not self.paths:
             raise ConfigError(f"{config_source}: replay.images: no image files in {images}")
         self.config_source = config_source
