@@ -38,6 +38,7 @@ from okcell.signing import load_public_key, verify_file
 from okcell.sizing import Sizing
 
 RECIPE_FORMAT = 2
+MIN_CROP_SIDE = 14  # px: one DINOv2 patch; a smaller region holds nothing to compare with the references
 MANIFEST_FILE = "manifest.json"
 BANK_FILE = "bank.hnsw"
 LABELLED_FILE = "labelled.npz"
@@ -216,6 +217,10 @@ class Recipe:
             raise ValueError(f"{channels} frame {frame.shape}, but recipe {self.recipe_id} was calibrated on {self.channels} images")
         if self.roi is not None:
             self.roi.check_fits(frame.shape)
+        height, width = frame.shape[:2] if self.roi is None else (self.roi.height, self.roi.width)
+        if min(height, width) < MIN_CROP_SIDE:
+            raise ValueError(f"frame of {width}x{height} px: the inspected region must be at least "
+                             f"{MIN_CROP_SIDE} px on each side (one DINOv2 patch)")
 
     def score(self, crop: CropFeatures) -> CropScore:
         """Image score and patch-score grid of a crop's features, with this recipe's mask and scoring."""
