@@ -136,9 +136,10 @@ def test_a_recovered_stage_is_reported_once_it_works_again(tmp_path: Path):
     time.sleep(0.1)
     assert not watchdog.check().healthy and watchdog.attempts == {"outputs": 1}
     assert recovered == []  # stalled, restarted, not yet working again
-    heartbeat.end()  # the restarted stage finishes an item
-    heartbeat.begin()
-    heartbeat.end()
+    heartbeat.busy_since = None  # the cell restarts the stage: idle, waiting for work (e.g. a slow inference)
+    assert watchdog.check().healthy and recovered == [] and watchdog.attempts == {"outputs": 1}  # idle is not working
+    heartbeat.begin()  # the restarted stage takes an item ...
+    heartbeat.end()  # ... and finishes it
     assert watchdog.check().healthy
     assert recovered == ["cell"] and watchdog.attempts == {"outputs": 0}
     watchdog.check()

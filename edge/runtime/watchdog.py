@@ -71,6 +71,7 @@ class CellWatchdog:
         self.max_attempts = max_attempts
         self.interval_s = interval_s or watchdog_interval_s() or 1.0
         self.attempts: dict[str, int] = {hb.name: 0 for hb in heartbeats}
+        self._items_at_recovery: dict[str, int] = {hb.name: 0 for hb in heartbeats}
         self.gave_up: str | None = None
         self.last_health = Health(True, "starting")
         self._stop = threading.Event()
@@ -91,8 +92,9 @@ class CellWatchdog:
         for hb in self.heartbeats:
             stalled = hb.stalled_for(now)
             if stalled is None:
-                if hb.busy_since is None and hb.items and self.attempts[hb.name] and self.gave_up is None:
-                    self.attempts[hb.name] = 0  # the restarted stage works again
+                works_again = hb.items > self._items_at_recovery[hb.name]  # finished an item since its restart
+                if hb.busy_since is None and works_again and self.attempts[hb.name] and self.gave_up is None:
+                    self.attempts[hb.name] = 0
                     if not any(self.attempts.values()):
                         self._recovered()
                 continue
@@ -103,6 +105,7 @@ class CellWatchdog:
                     log.error("%s; %d recoveries failed: stopping the systemd watchdog", text, self.max_attempts)
                 else:
                     self.attempts[hb.name] += 1
+                    self._items_at_recovery[hb.name] = hb.items
                     log.error("%s; restarting it (attempt %d of %d)", text, self.attempts[hb.name], self.max_attempts)
                     try:
                         self._recover(hb.name)
