@@ -132,6 +132,9 @@ def test_a_recovered_stage_is_reported_once_it_works_again(tmp_path: Path):
 
     watchdog = CellWatchdog(SdNotifier(str(tmp_path / "absent.sock")), [heartbeat], status, lambda stage: True,
                             recovered=lambda: recovered.append("cell"))
+    for _ in range(2):  # the stage worked before it stalled
+        heartbeat.begin()
+        heartbeat.end()
     heartbeat.begin()
     time.sleep(0.1)
     assert not watchdog.check().healthy and watchdog.attempts == {"outputs": 1}
