@@ -28,10 +28,10 @@ from pathlib import Path
 
 from faultsuite import disk
 from faultsuite.cell import ROOT, USER, prepare_model, prepare_recipes, write_cell
-from faultsuite.injector import Injector, schedule
+from faultsuite.injector import KINDS, Injector, schedule
 from faultsuite.ledger import check, read_archive
 from faultsuite.plc import Plc
-from faultsuite.systemd import Supervisor, UnitTimes, restart_prevent_exit_status
+from faultsuite.systemd import Lifetime, Supervisor, UnitTimes, restart_prevent_exit_status
 from okcell.progress import Progress
 
 QUICK_TRIGGERS = 500
@@ -43,15 +43,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--triggers", type=int, help="Trigger calls in all (default 10000; --quick: 500)")
     parser.add_argument("--quick", action="store_true", help="every fault once, 500 triggers unless --triggers")
     parser.add_argument("--fault-every", type=int, default=200, help="one fault per this many triggers (default 200)")
+    parser.add_argument("--faults", default="all", help="comma-separated fault keys, 'all' (default) or 'none': "
+                                                        + ", ".join(KINDS))
     parser.add_argument("--clients", type=int, default=3, help="OPC UA clients triggering at once (default 3)")
     parser.add_argument("--model", type=Path, help="exported ONNX model (default: export the embedded DINOv2 at --size)")
     parser.add_argument("--size", type=int, default=112, help="export size in px without --model (default 112)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the cell (default 2)")
     parser.add_argument("--watchdog-s", type=float, default=10.0, help="WatchdogSec (default 10; the unit has 30)")
-    parser.add_argument("--work", type=Path, help="work folder, kept (model, demo parts, recipes, cell log, archive); "
+    parser.add_argument("--work", type=Path, help="work folder, kept (model, demo parts, recipes, cell log, archive, "
+                                                  "rss.csv); "
                                                   "default: a temporary one")
     args = parser.parse_args(argv)
     args.triggers = args.triggers or (QUICK_TRIGGERS if args.quick else 10_000)
+    args.faults = list(KINDS) if args.faults == "all" else [] if args.faults == "none" else args.faults.split(",")
+    unknown = [key for key in args.faults if key not in KINDS]
+    if unknown:
+        parser.error(f"--faults: unknown {', '.join(unknown)}; the faults are {', '.join(KINDS)}")
     if args.clients < 2:
         parser.error("--clients: at least 2 (the drop faults cut one client while another goes on)")
     return args
@@ -69,6 +76,13 @@ def machine() -> str:
     return f"{os.cpu_count()} x {cpu}, load average {os.getloadavg()[0]:.1f} at start"
 
 
+def write_rss(lifetimes: list[Lifetime], path: Path) -> None:
+    """Every memory sample of the cell: process number, its results so far, RSS in MiB (one a second)."""
+    with open(path, "w") as out:
+        out.write("process,results,rss_mib\n")
+        out.writelines(f"{life.number},{results},{mb:.1f}\n" for life in lifetimes for results, mb in life.rss)
+
+
 def run(args: argparse.Namespace, work: Path) -> int:
     model = args.model.resolve() if args.model else prepare_model(work, args.size)
     demo, recipes = prepare_recipes(work, model, args.threads)
@@ -80,7 +94,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         times = UnitTimes(watchdog_s=args.watchdog_s)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                "PYTHONUNBUFFERED": "1"}
-        plan = schedule(args.triggers, args.fault_every, args.quick)
+        plan = schedule(args.triggers, args.fault_every, args.quick, args.faults)
         started = time.monotonic()
         with open(work / "cell.log", "w", buffering=1) as log:
             supervisor = Supervisor([sys.executable, "-m", "edge.cli.main", "run", "--config", str(cell.config)], env,
@@ -102,6 +116,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
             if kept.exists():
                 shutil.copy(kept, work / kept.name)
         archive, pending = read_archive(work / "results.sqlite")
+        write_rss(supervisor.lifetimes, work / "rss.csv")
     finally:
         disk.unmount(work / "disk")
     warmup, min_results = (50, 100) if args.quick else (200, 1000)

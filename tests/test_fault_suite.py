@@ -2,7 +2,7 @@
 ``okcell run`` (under the suite's stand-in for systemd), real OPC UA clients, real SQLite on a real tmpfs; its
 ledger check must pass.
 
-Not part of the default run: it takes about 4 minutes on the 2-core development machine (each restarting fault
+Not part of the default run: it takes about 6 minutes on the 2-core development machine (1 of them the model export) (each restarting fault
 waits for a fresh process to load the model, the SIGSTOP fault for the watchdog), twice the budget of a test here.
 Run it with ``OKCELL_FAULT_SUITE=1 pytest tests/test_fault_suite.py`` (needs root, for the tmpfs)."""
 
@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(os.environ.get("OKCELL_FAULT_SUITE") != "1",
-                                reason="the quick fault suite takes ~4 min on 2 cores: set OKCELL_FAULT_SUITE=1")
+                                reason="the quick fault suite takes ~6 min on 2 cores: set OKCELL_FAULT_SUITE=1")
 
 
 def test_quick_fault_suite_passes_its_ledger_check(exported_model: Path, tmp_path: Path) -> None:

@@ -20,12 +20,23 @@ from faultsuite.systemd import Supervisor
 SETTLE_S = 5.0
 RECOVERY_TIMEOUT_S = 300.0
 
-# faults that end the cell process (restarted by systemd's part), and the others
-RESTARTING = ("SIGKILL", "SIGSTOP past the watchdog", "archive read-only, then a crash", "disk full until systemd restarts")
-IN_PROCESS = ("camera loss (replay folder renamed)", "disk full for 2 s", "SIGHUP with a good recipe",
-              "SIGHUP with a broken recipe", "ActivateRecipe, good recipe", "ActivateRecipe, broken recipe",
-              "client dropped (session closed)", "client dropped (socket cut)", "every client dropped")
-KINDS = RESTARTING + IN_PROCESS
+# the faults by key (``--faults``) and title: first those that end the cell process (restarted by systemd's part)
+KINDS = {
+    "sigkill": "SIGKILL",
+    "sigstop": "SIGSTOP past the watchdog",
+    "read-only": "archive read-only, then a crash",
+    "disk-full-long": "disk full until systemd restarts",
+    "camera": "camera loss (replay folder renamed)",
+    "disk-full": "disk full for 2 s",
+    "sighup-good": "SIGHUP with a good recipe",
+    "sighup-broken": "SIGHUP with a broken recipe",
+    "activate-good": "ActivateRecipe, good recipe",
+    "activate-broken": "ActivateRecipe, broken recipe",
+    "drop-close": "client dropped (session closed)",
+    "drop-cut": "client dropped (socket cut)",
+    "drop-all": "every client dropped",
+}
+RESTARTING = ("sigkill", "sigstop", "read-only", "disk-full-long")
 
 
 @dataclass
@@ -62,19 +73,21 @@ class FaultRecord:
     as_documented: bool = False
 
 
-def schedule(total: int, every: int, quick: bool) -> list[tuple[int, str]]:
-    """(trigger count, fault) pairs. The restarting faults come first (``quick``: each once in the first 25 %,
-    else within the first 40 %), so the last process lives long enough to measure its memory; ``quick``: every
-    fault once, else one fault per ``every`` triggers, cycling through the kinds."""
+def schedule(total: int, every: int, quick: bool, kinds: list[str]) -> list[tuple[int, str]]:
+    """(trigger count, fault key) pairs for the fault ``kinds`` (keys of KINDS). The restarting faults come first
+    (``quick``: each once in the first 25 %, else within the first 40 %), so the last process lives long enough to
+    measure its memory; ``quick``: every fault once, else one fault per ``every`` triggers, cycling through them."""
+    restarting = [k for k in kinds if k in RESTARTING]
+    in_process = [k for k in kinds if k not in RESTARTING]
     if quick:
-        early = [(int(total * (0.05 + 0.065 * n)), kind) for n, kind in enumerate(RESTARTING)]
-        late = [(int(total * (0.33 + 0.06 * n)), kind) for n, kind in enumerate(IN_PROCESS)]
+        early = [(int(total * (0.05 + 0.065 * n)), kind) for n, kind in enumerate(restarting)]
+        late = [(int(total * (0.33 + 0.06 * n)), kind) for n, kind in enumerate(in_process)]
         return early + late
     plan: list[tuple[int, str]] = []
-    kinds = list(KINDS)
     for at in range(every, total - every // 2, every):
-        pool = kinds if at <= 0.4 * total else list(IN_PROCESS)
-        plan.append((at, pool[len(plan) % len(pool)]))
+        pool = kinds if at <= 0.4 * total else in_process
+        if pool:
+            plan.append((at, pool[len(plan) % len(pool)]))
     return plan
 
 
@@ -107,13 +120,13 @@ class Injector:
             while self.plc.sent < at and not self.plc.finished:
                 time.sleep(0.1)
             if self.plc.finished:
-                self.skipped += [k for _, k in plan[number:]]
+                self.skipped += [KINDS[k] for _, k in plan[number:]]
                 return
             self._wait_healthy()
-            record = FaultRecord(kind, self.plc.sent, time.monotonic())
+            record = FaultRecord(KINDS[kind], self.plc.sent, time.monotonic())
             self.records.append(record)
-            self.note(f"fault {number + 1}/{len(plan)} at trigger {record.at_trigger}: {kind}")
-            self.supervisor.fault = kind
+            self.note(f"fault {number + 1}/{len(plan)} at trigger {record.at_trigger}: {record.kind}")
+            self.supervisor.fault = record.kind
             try:
                 self._faults[kind](record)
             except Exception as exc:  # a fault that did not recover: reported, and the run goes on
@@ -197,11 +210,11 @@ class Injector:
         away = self.rig.images.with_name(self.rig.images.name + ".away")
         self.rig.images.rename(away)
         try:
-            lost = self.supervisor.wait_line("; reconnecting", since, 60)
+            lost = self.supervisor.wait_line("service: camera: ", since, 60)
             time.sleep(max(0.0, record.started + 2.0 - time.monotonic()))
         finally:
             away.rename(self.rig.images)
-        back = self.supervisor.wait_line("camera reconnected", since, RECOVERY_TIMEOUT_S)
+        back = self.supervisor.wait_line("service: camera reconnected after", since, RECOVERY_TIMEOUT_S)
         record.as_documented = self.supervisor.current is life
         record.outcome = f"{lost.strip()[-70:]}; {back.strip()[back.index('camera'):]}"
 
@@ -210,14 +223,15 @@ class Injector:
         life, since = self.supervisor.current, self.supervisor.line_count
         ballast = disk.Ballast(self.rig.disk)
         try:
-            ballast.hold(lambda: self.supervisor.find_line("(failure 1;", since) is not None, 60)
+            # the cell deletes its images to make room first, and SQLite writes into the space its files hold
+            ballast.hold(lambda: self.supervisor.find_line("(failure 1;", since) is not None, RECOVERY_TIMEOUT_S)
             until = time.monotonic() + 2.0
             ballast.hold(lambda: time.monotonic() > until, 60)
         finally:
             ballast.remove()
-        back = self.supervisor.wait_line("archive works again", since, RECOVERY_TIMEOUT_S)
+        back = self.supervisor.wait_line("archive_guard: archive works again after", since, RECOVERY_TIMEOUT_S)
         record.as_documented = self.supervisor.current is life
-        record.outcome = f"{back.strip()[back.index('archive'):]}; no restart" if record.as_documented else \
+        record.outcome = f"{back.strip().split('archive_guard: ')[1]}; no restart" if record.as_documented else \
             "the cell was restarted"
 
     def _sighup(self, record: FaultRecord, recipe: str, expected: str) -> str:
