@@ -127,6 +127,11 @@ class OpcUaServer:
     async def _main(self) -> None:
         server = Server()
         await server.init()
+        # a client that vanished without closing its session (cut cable, crash) leaves it open for the timeout the
+        # client asked for, and its subscriptions queue every result meanwhile: grant at most session_timeout_s
+        limit_ms = self._config.session_timeout_s * 1000.0
+        server.iserver.max_session_timeout_ms = limit_ms
+        server.iserver.min_session_timeout_ms = min(server.iserver.min_session_timeout_ms, limit_ms)
         server.set_endpoint(self._config.endpoint)
         server.set_server_name("okcell inspection cell")
         await server.set_application_uri(APPLICATION_URI)

@@ -75,6 +75,7 @@ class OpcUaConfig:
     pki_dir: Path = Path("opcua/pki")  # server cert/key, trusted/ and rejected/ client certificates
     result_timeout_s: float = 30.0  # handshake: longest wait from trigger to result
     plc_client: PlcClientConfig | None = None
+    session_timeout_s: float = 60.0  # longest session timeout granted: a vanished client's session is closed after it
     trusted_dir: Path = field(init=False)
     rejected_dir: Path = field(init=False)
 
@@ -95,7 +96,8 @@ def parse_opcua_config(section: Mapping[str, Any] | None, source: Path | str, st
     require_keys(
         section,
         set(),
-        {"enabled", "endpoint", "namespace", "security", "users", "anonymous", "pki_dir", "result_timeout_s", "plc_client"},
+        {"enabled", "endpoint", "namespace", "security", "users", "anonymous", "pki_dir", "result_timeout_s", "plc_client",
+         "session_timeout_s"},
         where,
     )
     enabled = typed(section, "enabled", bool, where) if "enabled" in section else True
@@ -112,7 +114,8 @@ def parse_opcua_config(section: Mapping[str, Any] | None, source: Path | str, st
         pki_dir = Path(state_dir) / "opcua" / "pki"
     timeout = _positive(section, "result_timeout_s", where, 30.0)
     plc = _plc_client(section["plc_client"], f"{where}.plc_client") if section.get("plc_client") is not None else None
-    return OpcUaConfig(enabled, endpoint, namespace, security, users, anonymous, pki_dir, timeout, plc)
+    session_timeout = _positive(section, "session_timeout_s", where, 60.0)
+    return OpcUaConfig(enabled, endpoint, namespace, security, users, anonymous, pki_dir, timeout, plc, session_timeout)
 
 
 def _endpoint(data: Mapping[str, Any], key: str, where: str) -> str:
