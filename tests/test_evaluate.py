@@ -80,7 +80,12 @@ def test_perturbations_keep_the_frame_format_and_do_what_they_say():
     by_name = {p.name: p.apply for p in PERTURBATIONS}
     assert by_name["brightness+20%"](frame)[0, 0].tolist() == [120, 120, 120]
     assert by_name["brightness-20%"](frame)[0, 0].tolist() == [80, 80, 80]
-    assert by_name["shift"](frame)[10 + SHIFT_PX, 10 + SHIFT_PX].tolist() == [250, 250, 250]
+    # the view moves: content moves up and left by about SHIFT_PX (plus the small zoom back to full size)
+    row, col = np.unravel_index(np.argmax(by_name["shift"](frame)[:, :, 0]), frame.shape[:2])
+    assert abs(row - (10 - SHIFT_PX) * 40 / (40 - SHIFT_PX)) <= 1 and abs(col - (10 - SHIFT_PX) * 50 / (50 - SHIFT_PX)) <= 1
+    edge = np.full((40, 50), 100, np.uint8)
+    edge[:, :2] = 0  # a dark left border is cropped away, never mirrored or smeared into the frame
+    assert (by_name["shift"](edge)[:, 3:] == 100).all()
     assert by_name["blur"](frame)[10, 10, 0] < 250
 
 
