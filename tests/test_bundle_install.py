@@ -189,3 +189,14 @@ def test_installer_killed_at_each_step_leaves_a_whole_release_active(bundles: di
         assert done.returncode == 0, done.stdout + done.stderr
         assert active_release(root) == new
         assert not [p for p in ReleaseStore(root).folder.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+
+
+def test_state_folders_become_links_through_current_unless_they_hold_files(tmp_path: Path):
+    """The package makes models/ and recipes/ as empty folders; a first release turns them into links through
+    releases/current (what okcell-engine.service reads), but a folder someone filled by hand is left alone."""
+    store = ReleaseStore(tmp_path)
+    (store.state / "models").mkdir(parents=True)
+    (store.state / "recipes" / "part-a").mkdir(parents=True)
+    notes = store.link_state_folders()
+    assert os.readlink(store.state / "models") == "releases/current/model"
+    assert (store.state / "recipes" / "part-a").is_dir() and len(notes) == 1 and "recipes is not a link" in notes[0]

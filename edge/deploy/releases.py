@@ -140,13 +140,15 @@ class ReleaseStore:
         return removed
 
     def link_state_folders(self) -> list[str]:
-        """Make ``models`` and ``recipes`` in the state folder links through ``current`` where they are missing;
-        returns a note for each one left alone because something else is there."""
+        """Make ``models`` and ``recipes`` in the state folder links through ``current`` where they are missing or
+        empty folders (as the package makes them); returns a note for each one left alone because it holds files."""
         notes = []
         for name, target in STATE_LINKS.items():
             path = self.state / name
             if path.is_symlink() and os.readlink(path) == target:
                 continue
+            if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
             if path.exists() or path.is_symlink():
                 notes.append(f"{path} is not a link to {target}; left as it is (the engine unit builds from "
                              f"{path}/model.onnx)")

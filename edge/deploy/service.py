@@ -1,7 +1,8 @@
 """Restarting the cell after a switch and waiting for ``READY=1``: the health gate of an install.
 
-* :class:`SystemdService` (``--service systemd``, the default on a cell): ``systemctl restart --no-block okcell``,
-  then poll ``systemctl show``: a ``Type=notify`` unit turns ``active`` only after ``READY=1``.
+* :class:`SystemdService` (``--service systemd``, the default on a cell): ``systemctl reset-failed`` and
+  ``restart --no-block okcell``, then poll ``systemctl show`` until a new invocation (``InvocationID``) is
+  ``active`` — a ``Type=notify`` unit turns active only after ``READY=1`` — or ``failed``/``inactive``.
 * :class:`TrialRun` (``--service trial``, machines without a service manager, and the tests): start
   ``okcell run --config CELL.yaml`` as a child with its own notify socket, read ``READY=1`` from it, then stop the
   child with SIGTERM (SIGKILL after ``stop_timeout_s``; a child that never got READY gets ``FAILED_GRACE_S``). The
@@ -68,6 +69,8 @@ class SystemdService:
 
     def restart(self) -> None:
         self._invocation = self._show().get("InvocationID", "")
+        # a release that failed to start a few times may have hit StartLimitBurst: that must not stop this start
+        subprocess.run(["systemctl", "reset-failed", self.unit], capture_output=True, timeout=30)
         done = subprocess.run(["systemctl", "restart", "--no-block", self.unit], capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             raise InstallError(f"systemctl restart {self.unit} failed: {done.stderr.strip()}")
@@ -79,7 +82,7 @@ class SystemdService:
             started = state.get("InvocationID", "") not in ("", self._invocation)
             if started and state.get("ActiveState") == "active":
                 return None
-            if state.get("ActiveState") == "failed" or (started and state.get("ActiveState") == "inactive"):
+            if started and state.get("ActiveState") in ("failed", "inactive"):
                 return (f"{self.unit} is {state.get('ActiveState')} (result {state.get('Result')}); "
                         f"see journalctl -u {self.unit}")
             if time.monotonic() > deadline:
