@@ -140,6 +140,12 @@ def test_engine_build_failure_keeps_the_old_release(staged: Staged, root: Path, 
     assert active_release(root) == old and not ReleaseStore(root).path(release_id(bundle)).exists()
 
 
+def test_systemd_service_is_refused_under_another_root(bundles: dict[str, Path], root: Path):
+    done = bundle_command("install", str(bundles["2"]), "--root", str(root), "--service", "systemd")
+    assert done.returncode == 2
+    assert f"--service systemd restarts this machine's okcell.service, not one under --root {root}" in done.stderr
+
+
 def test_device_config_without_release_key_refuses_the_install(bundles: dict[str, Path], root: Path):
     config = root / CONFIG_FILE
     config.write_text(config.read_text().replace("release:", "# release:") + "model: {onnx: /nowhere.onnx}\nrecipe: /nowhere\n")

@@ -15,6 +15,8 @@ from typing import Iterator
 
 import pytest
 
+from bundle_support import make_bundle
+from fixture_bundle import Staged
 from okcell import __version__
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,7 +108,9 @@ def chroot(root: Path, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["chroot", str(root), *command], capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_install_remove_and_purge_in_a_throwaway_root(deb: Path, tmp_path: Path):
+def test_install_run_a_release_remove_and_purge_in_a_throwaway_root(deb: Path, staged: Staged, demo_images: Path,
+                                                                    tmp_path: Path):
+    bundle = make_bundle(staged, tmp_path / "line1-1.tar", "1")
     with throwaway_root(tmp_path / "root") as root:
         shutil.copy(deb, root / "tmp" / deb.name)
         done = chroot(root, "dpkg", "-i", f"/tmp/{deb.name}")
@@ -122,8 +126,22 @@ def test_install_remove_and_purge_in_a_throwaway_root(deb: Path, tmp_path: Path)
         assert {p.name for p in wants.iterdir()} >= {"okcell.service", "okcell-engine.service"}  # enabled, not started
         assert any((root / "opt" / "okcell" / "lib").rglob("__pycache__"))  # postinst compiled the bytecode
 
+        # a release on the installed package: self-test, then `okcell run` started once until READY=1 (no systemd)
         config = root / "etc" / "okcell" / "cell.yaml"
-        config.write_text(config.read_text() + "name: press-7\n")
+        images = root / "srv" / "images"
+        images.mkdir(parents=True)
+        for image in sorted((demo_images / "holdout" / "ok").iterdir())[:2]:
+            shutil.copy(image, images / image.name)
+        config.write_text(config.read_text() + "name: chroot-cell\nreplay: {images: /srv/images}\n")
+        shutil.copy(bundle, root / "tmp" / bundle.name)
+        done = chroot(root, "okcell", "bundle", "install", f"/tmp/{bundle.name}", "--service", "trial")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "step ready: waiting" in done.stdout and "it is the current release" in done.stdout
+        release = chroot(root, "readlink", "/var/lib/okcell/releases/current").stdout.strip()
+        assert chroot(root, "stat", "-c", "%U", f"/var/lib/okcell/releases/{release}/model/model.onnx").stdout.strip() == "okcell"
+        assert chroot(root, "readlink", "/var/lib/okcell/models").stdout.strip() == "releases/current/model"
+
+        config.write_text(config.read_text().replace("chroot-cell", "press-7"))
         (root / "var" / "lib" / "okcell" / "releases" / "kept").mkdir()
         done = chroot(root, "dpkg", "--remove", "okcell")
         assert done.returncode == 0, done.stdout + done.stderr

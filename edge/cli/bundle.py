@@ -129,7 +129,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _installer(args: argparse.Namespace, keep: int = 3, public_key: Path | None = None) -> Installer:
     from edge.deploy.install import InstallOptions, Installer
-    from edge.deploy.releases import CONFIG_FILE
+    from edge.deploy.releases import CONFIG_FILE, STATE_DIR
     from edge.deploy.service import NoService, ServiceManager, SystemdService, TrialRun
 
     from okcell.schema import ConfigError
@@ -141,7 +141,7 @@ def _installer(args: argparse.Namespace, keep: int = 3, public_key: Path | None 
     if args.service == "systemd":
         service = SystemdService(args.unit)
     elif args.service == "trial":
-        service = TrialRun(args.config or args.root / CONFIG_FILE)
+        service = TrialRun(args.config or args.root / CONFIG_FILE, args.root / STATE_DIR)
     else:
         service = NoService()
     options = InstallOptions(root=args.root, public_key=public_key, config=args.config, service=service,

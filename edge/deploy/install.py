@@ -20,6 +20,7 @@ has ``current`` on the old or the new release, each whole; the next install remo
 from __future__ import annotations
 
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -70,6 +71,7 @@ class Installer:
     def install(self, bundle_path: Path) -> str:
         """Install ``bundle_path`` and make it the running release; returns its id. InstallError (the cell keeps or
         returns to its previous release) or ConfigError (a bad bundle, key or config) say why not."""
+        self.options.service.check()
         with self.store.lock():
             for name in self.store.clean_leftovers():
                 self.say(f"removed {name}, left by an installer that did not finish")
@@ -108,6 +110,7 @@ class Installer:
     def rollback(self, to: str | None = None) -> str:
         """Switch ``current`` to ``to`` (default: the previous release), restart and wait for READY; if that fails,
         switch back. Returns the id now current."""
+        self.options.service.check()
         with self.store.lock():
             current = self.store.current
             target = to or self.store.previous
@@ -192,9 +195,12 @@ class Installer:
             self.step("ready", "skipped (--service none): no READY check")
             return None
         self.step("restart", service.name)
-        service.restart()
-        self.step("ready", f"waiting up to {self.options.ready_timeout_s:g} s for READY=1")
-        return service.wait_ready(self.options.ready_timeout_s)
+        try:
+            service.restart()
+            self.step("ready", f"waiting up to {self.options.ready_timeout_s:g} s for READY=1")
+            return service.wait_ready(self.options.ready_timeout_s)
+        except (InstallError, OSError, subprocess.SubprocessError) as exc:  # counts as not READY: switch back
+            return f"{service.name} restart failed: {exc}"
 
     def _return_to(self, old_current: str | None, old_previous: str | None, failed: str, reason: str) -> None:
         """The new release did not become READY: switch back, restart the old one, remove the new one, fail."""

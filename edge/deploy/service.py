@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from edge.deploy.bundle import InstallError
+from okcell.schema import ConfigError
 
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.2
@@ -33,6 +34,9 @@ FAILED_GRACE_S = 5.0  # a cell that never got ready has no triggers to finish: S
 
 class ServiceManager(Protocol):
     name: str
+
+    def check(self) -> None:
+        """ConfigError if this service manager cannot work here (checked before anything is switched)."""
 
     def restart(self) -> None:
         """(Re)start the cell on the release ``current`` names now."""
@@ -43,6 +47,9 @@ class ServiceManager(Protocol):
 
 class NoService:
     name = "none"
+
+    def check(self) -> None:
+        pass
 
     def restart(self) -> None:
         pass
@@ -62,10 +69,17 @@ class SystemdService:
 
     def _show(self) -> dict[str, str]:
         done = subprocess.run(["systemctl", "show", "-p", "InvocationID", "-p", "ActiveState", "-p", "SubState",
-                               "-p", "Result", self.unit], capture_output=True, text=True, timeout=30)
+                               "-p", "Result", "-p", "LoadState", self.unit], capture_output=True, text=True, timeout=30)
         if done.returncode != 0:
             raise InstallError(f"systemctl show {self.unit} failed: {done.stderr.strip()}")
         return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+    def check(self) -> None:
+        if not Path("/run/systemd/system").is_dir() or shutil.which("systemctl") is None:
+            raise ConfigError("--service systemd: systemd is not running on this machine; use --service trial "
+                              "(start okcell run once and wait for READY=1) or none")
+        if self._show().get("LoadState") == "not-found":
+            raise ConfigError(f"--service systemd: unit {self.unit} not found (is the okcell package installed?)")
 
     def restart(self) -> None:
         self._invocation = self._show().get("InvocationID", "")
@@ -96,8 +110,10 @@ class TrialRun:
 
     name = "trial"
 
-    def __init__(self, config: Path, command: Sequence[str] | None = None, stop_timeout_s: float = 60.0) -> None:
+    def __init__(self, config: Path, state_dir: Path, command: Sequence[str] | None = None,
+                 stop_timeout_s: float = 60.0) -> None:
         self.command = list(command or [sys.executable, "-m", "edge.cli.main", "run", "--config", str(config)])
+        self.state_dir = state_dir  # $STATE_DIRECTORY, as okcell.service's StateDirectory= gives it
         self.stop_timeout_s = stop_timeout_s
         self._folder: Path | None = None
         self._socket: socket.socket | None = None
@@ -110,9 +126,13 @@ class TrialRun:
         self._socket.bind(str(self._folder / "notify"))
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}
         env["NOTIFY_SOCKET"] = str(self._folder / "notify")
+        env["STATE_DIRECTORY"] = str(self.state_dir)
         with open(self._folder / "output", "wb") as output:
             self._child = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL, stdout=output,
                                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+    def check(self) -> None:
+        pass
 
     def wait_ready(self, timeout_s: float) -> str | None:
         assert self._socket is not None and self._child is not None, "restart() first"
