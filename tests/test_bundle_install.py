@@ -128,6 +128,23 @@ def test_release_whose_cell_exits_before_ready_is_switched_back(staged: Staged, 
     assert active_release(root) == old
 
 
+def test_failed_reinstall_of_the_previous_release_keeps_it(bundles: dict[str, Path], root: Path, tmp_path: Path):
+    """Release 1 is previous; the device breaks (its replay folder is empty), so re-installing release 1 does not get
+    READY and neither does release 2 after the switch back: release 1's folder must survive as the previous one."""
+    one, two = release_id(bundles["1"]), release_id(bundles["2"])
+    assert install(root, bundles["2"]).returncode == 0
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    config = root / CONFIG_FILE
+    config.write_text(config.read_text() + f"replay: {{images: {empty}}}\n")
+    done = install(root, bundles["1"])
+    assert done.returncode == 1
+    assert f"switched back to release {two}, which is not READY either" in done.stderr, done.stderr
+    store = ReleaseStore(root)
+    assert (active_release(root), store.previous) == (two, one)
+    assert store.path(one).is_dir()
+
+
 @pytest.mark.skipif(gpu_extra_missing() is None, reason="TensorRT is usable here, so backend tensorrt builds an engine")
 def test_engine_build_failure_keeps_the_old_release(staged: Staged, root: Path, tmp_path: Path):
     bundle = variant(staged, tmp_path, model={"onnx": "model/model.onnx", "engine": "model/model.engine",

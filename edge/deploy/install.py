@@ -89,7 +89,7 @@ class Installer:
             try:
                 self._check(release_id, manifest)
             except (InstallError, ConfigError):
-                remove_tree(self.store.path(release_id))
+                self._discard(release_id)
                 raise
             for note in self.store.link_state_folders():
                 self.say(f"  note: {note}")
@@ -118,6 +118,9 @@ class Installer:
                 raise ConfigError(f"{self.store.folder}: no previous release to roll back to")
             if target == current:
                 raise ConfigError(f"release {target} is already the current release")
+            if not self.store.path(target).is_dir():
+                raise ConfigError(f"release {target} is not installed in {self.store.folder} (`okcell bundle list` "
+                                  "shows what is)")
             verify_installed(self.store.path(target))
             self.step("switch", f"current -> {target} (was {current or 'none'})")
             if current is not None:
@@ -208,12 +211,17 @@ class Installer:
         self.store.point(CURRENT, old_current)
         self.store.point(PREVIOUS, old_previous)
         again = self._restart() if old_current is not None else None
-        remove_tree(self.store.path(failed))
+        self._discard(failed)
         if old_current is None:
             raise InstallError(f"release {failed} not READY: {reason}; there was no previous release, so no release "
                                "is active")
         raise InstallError(f"release {failed} not READY: {reason}; switched back to release {old_current}"
                            + (f", which is not READY either: {again}" if again else ", which is READY"))
+
+    def _discard(self, release_id: str) -> None:
+        """Remove a release that failed, unless a link still names it (a re-installed previous release)."""
+        if release_id not in (self.store.current, self.store.previous):
+            remove_tree(self.store.path(release_id))
 
 
 def release_settings(release: Path) -> tuple[str, Path | None]:
