@@ -55,7 +55,7 @@ deb-tools:
 # a minimal Debian 12 root file system the .deb is installed into by tests/test_deb.py (made once, kept in build/)
 $(TESTROOT): | deb-tools
 	$(SUDO) rm -rf build/testroot/rootfs && mkdir -p build/testroot
-	$(SUDO) debootstrap --variant=minbase --include=python3,libpython3.11,adduser,init-system-helpers bookworm \
+	$(SUDO) debootstrap --variant=minbase --include=python3,libpython3.11,adduser,init-system-helpers,systemd,procps bookworm \
 		build/testroot/rootfs http://deb.debian.org/debian
 	$(SUDO) rm -f build/testroot/rootfs/var/cache/apt/archives/*.deb
 	$(SUDO) tar -C build/testroot/rootfs -cf $@.partial . && mv $@.partial $@ && $(SUDO) rm -rf build/testroot/rootfs

@@ -1,6 +1,7 @@
 """`make deb`'s package: built from the checkout and the cached wheelhouse, checked with dpkg-deb and lintian, then
-installed, removed and purged with the real dpkg in a throwaway Debian 12 root (chroot), where `okcell --version`
-runs. Prerequisites (`make test-prerequisites`): dpkg-deb, lintian, the wheelhouse and the test root."""
+installed with the real dpkg in a throwaway Debian 12 root (chroot), where `okcell --version` runs, systemd-analyze
+accepts the units, and a release bundle installs and its cell starts READY; then removed and purged.
+Prerequisites (`make test-prerequisites`): dpkg-deb, lintian, the wheelhouse and the test root."""
 
 from __future__ import annotations
 
@@ -122,6 +123,9 @@ def test_install_run_a_release_remove_and_purge_in_a_throwaway_root(deb: Path, s
         assert done.returncode == 0, done.stderr
         assert chroot(root, "id", "-nG", "okcell").stdout.split() == ["okcell", "video"]
         assert chroot(root, "stat", "-c", "%U %a", "/var/lib/okcell").stdout.split() == ["okcell", "750"]
+        # the units as installed, checked by the root's own systemd (executables, users, settings)
+        done = chroot(root, "systemd-analyze", "verify", "--man=no", "okcell.service", "okcell-engine.service")
+        assert done.returncode == 0 and "okcell" not in done.stdout + done.stderr, done.stdout + done.stderr
         wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
         assert {p.name for p in wants.iterdir()} >= {"okcell.service", "okcell-engine.service"}  # enabled, not started
         assert any((root / "opt" / "okcell" / "lib").rglob("__pycache__"))  # postinst compiled the bytecode

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
-INSTALLED_OKCELL = "/opt/okcell/venv/bin/okcell"
+INSTALLED_OKCELL = "/opt/okcell/bin/okcell"
 
 
 def unit_settings(name: str) -> dict[str, list[str]]:
