@@ -1,5 +1,6 @@
-"""``okcell calibrate`` end to end: reference features -> fold coresets -> held-out OK scores -> threshold ->
-final bank, NOK and synthetic scoring, labelled embeddings -> report -> recipe directory (written atomically)."""
+"""``okcell calibrate`` end to end: reference features (sized by the sizing rule, with augmented copies) -> mask ->
+fold coresets -> held-out OK scores -> threshold -> final bank, NOK and synthetic scoring, labelled embeddings ->
+report -> recipe directory (written atomically)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from okcell import __version__
 from okcell import recipe as recipe_files
 from okcell.bank_index import IndexParams, build_index
+from calibration.augment import SWAPS_SIDES
 from calibration.coreset import SequentialCoreset
 from calibration.ef_tuning import EfTuning, tune_ef
 from okcell.bank_index import MAX_EF
 from calibration.reference_features import FeatureCache, ReferenceFormat, extract_images
+from okcell.frames import foreground_patches, score_crop
 from okcell.labelled import LabelledEmbeddings
 from okcell.memory import peak_rss_mb
 from okcell.progress import Progress
@@ -28,13 +32,17 @@ from calibration.report import write_report
 from calibration.thresholds import Risk, assess, assign_folds
 from okcell.extractor import FeatureExtractor
 from okcell.images import ImageError, list_images
+from okcell.masking import ImageMask, Mask, NoMask, PcaMask
 from okcell.roi import Roi
 from okcell.scoring import DECISION_RULE, PatchScorer, check_aggregation
 from okcell.schema import ConfigError, sha256_file
 from okcell.signing import key_id, sign_file
+from okcell.sizing import Sizing, stretch_warning
 
 DEFAULT_MAX_BANK = 100_000
 EF_SAMPLE_IMAGES = 8
+PCA_FIT_IMAGES = 64
+SQUARE_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,9 @@ class CalibrationSettings:
     folds: int = 5
     k: int = 1
     aggregation: str = "top1pct"
+    sizing: Sizing = field(default_factory=Sizing)
+    mask: str = "none"  # none, pca, or the path of a mask image (white = inspect)
+    augment: tuple[str, ...] = ()  # names from calibration.augment.AUGMENTATIONS
     coreset_ratio: float = 0.1
     max_bank: int = DEFAULT_MAX_BANK
     index: IndexParams = field(default_factory=IndexParams)
@@ -75,6 +86,22 @@ class CalibrationSettings:
             check_aggregation(self.aggregation)
         except ValueError as exc:
             raise ConfigError(f"--aggregation: {exc}") from None
+        if self.sizing.mode != "tile" and self.sizing.tile_scale is not None:
+            raise ConfigError(f"--tile-scale {self.sizing.tile_scale}: only with --sizing tile (found --sizing {self.sizing.mode})")
+
+    def check_augment(self, crop_size: tuple[int, int], model_size: tuple[int, int]) -> None:
+        """Quarter turns of a crop whose aspect differs from the model input's would be stretched differently from
+        any real frame: refuse them with ``stretch`` sizing."""
+        turns = [name for name in self.augment if name in SWAPS_SIDES]
+        if not turns or self.sizing.mode != "stretch":
+            return
+        crop_aspect, model_aspect = crop_size[1] / crop_size[0], model_size[1] / model_size[0]
+        if abs(crop_aspect / model_aspect - 1.0) > SQUARE_TOLERANCE or abs(model_aspect - 1.0) > SQUARE_TOLERANCE:
+            raise ConfigError(
+                f"--augment {','.join(turns)}: quarter turns need square crops and a square model input with "
+                f"--sizing stretch (crop {crop_size[1]}x{crop_size[0]} px, model {model_size[1]}x{model_size[0]} px); "
+                "use --sizing letterbox or tile, or rot180/flipx/flipy"
+            )
 
 
 @dataclass
@@ -125,17 +152,17 @@ def _say(message: str) -> None:
     print(f"calibrate: {message}", file=sys.stderr, flush=True)
 
 
-def _fold_coresets(cache: FeatureCache, fold_of: np.ndarray, settings: CalibrationSettings) -> list[SequentialCoreset]:
-    """One running coreset per fold, fed chunk by chunk from the cache; their union is the final bank."""
-    dim = cache.shape[1]
+def _fold_coresets(cache: FeatureCache, fold_of: np.ndarray, mask: Mask, settings: CalibrationSettings) -> list[SequentialCoreset]:
+    """One running coreset per fold (its references' foreground patches, augmented copies included), fed chunk
+    by chunk from the cache; their union is the final bank."""
     coresets = []
-    with Progress("coreset", len(cache), "images") as progress:
+    with Progress("coreset", len(fold_of), "images") as progress:
         for fold in range(settings.folds):
-            coreset = SequentialCoreset(dim, settings.coreset_ratio, settings.max_bank // settings.folds, seed=settings.seed)
-            rows = np.flatnonzero(fold_of == fold)
+            coreset = SequentialCoreset(cache.feature_dim, settings.coreset_ratio, settings.max_bank // settings.folds, seed=settings.seed)
+            rows = cache.rows(np.flatnonzero(fold_of == fold))
             for start in range(0, len(rows), settings.chunk_images):
                 chunk = rows[start : start + settings.chunk_images]
-                coreset.add(cache.patches(chunk).reshape(-1, dim))
+                coreset.add(np.concatenate([foreground_patches(cache.crop(row), mask) for row in chunk]))
                 progress.advance(len(chunk))
             coresets.append(coreset)
             progress.note(f"fold {fold + 1}/{settings.folds}: coreset of {len(coreset)} from {coreset.patches_seen} patches")
@@ -149,28 +176,57 @@ def _scorer(bank: np.ndarray, settings: CalibrationSettings) -> PatchScorer:
 
 
 def _tuned_settings(cache: FeatureCache, fold_of: np.ndarray, coresets: list[SequentialCoreset], settings: CalibrationSettings) -> tuple[CalibrationSettings, EfTuning]:
-    """Settings whose hnswlib ``ef`` keeps held-out image scores (fold 0 against the other folds' bank, up to
-    ``EF_SAMPLE_IMAGES`` images) within tolerance of exact search."""
+    """Settings whose hnswlib ``ef`` keeps held-out image scores (the frames of up to ``EF_SAMPLE_IMAGES`` fold-0
+    references against the other folds' bank) within tolerance of exact search."""
     bank = np.concatenate([c.features for c in coresets[1:]])
-    rows = np.flatnonzero(fold_of == 0)[:EF_SAMPLE_IMAGES]
-    tuning = tune_ef(_scorer(bank, settings), bank, cache.patches(rows))
+    rows = cache.rows(np.flatnonzero(fold_of == 0), originals_only=True)[:EF_SAMPLE_IMAGES]
+    tuning = tune_ef(_scorer(bank, settings), bank, np.concatenate([cache.crop(row).patches for row in rows]))
     _say(f"search beam ef={tuning.ef}: held-out image scores within {100 * tuning.max_relative_error:.3f} % of exact search")
     return dataclasses.replace(settings, index=dataclasses.replace(settings.index, ef=tuning.ef)), tuning
 
 
-def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[SequentialCoreset], settings: CalibrationSettings) -> np.ndarray:
-    scores = np.empty(len(cache), dtype=np.float64)
-    with Progress("held-out scores", len(cache), "images") as progress:
+def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[SequentialCoreset], mask: Mask, settings: CalibrationSettings) -> np.ndarray:
+    """Score of each reference (originals only) against the bank of the other folds."""
+    scores = np.empty(len(fold_of), dtype=np.float64)
+    with Progress("held-out scores", len(fold_of), "images") as progress:
         for fold in range(settings.folds):
             bank = np.concatenate([c.features for i, c in enumerate(coresets) if i != fold])
             scorer = _scorer(bank, settings)
-            rows = np.flatnonzero(fold_of == fold)
-            for start in range(0, len(rows), settings.chunk_images):
-                chunk = rows[start : start + settings.chunk_images]
-                scores[chunk] = scorer.score(cache.patches(chunk))[0]
-                progress.advance(len(chunk))
+            rows = cache.rows(np.flatnonzero(fold_of == fold), originals_only=True)
+            for row in rows:
+                scores[cache.sources[row]] = score_crop(cache.crop(row), mask, scorer, settings.aggregation).score
+                progress.advance()
             progress.note(f"fold {fold + 1}/{settings.folds}: {len(rows)} held-out OK images scored against a bank of {len(bank)}")
     return scores
+
+
+def _mask(cache: FeatureCache | None, settings: CalibrationSettings) -> Mask:
+    """The background mask of ``settings.mask``: none, fitted on (up to PCA_FIT_IMAGES) references, or read."""
+    if settings.mask == "none":
+        return NoMask()
+    if settings.mask == "pca":
+        assert cache is not None
+        rows = cache.rows(range(len(cache)), originals_only=True)
+        chosen = np.random.default_rng(settings.seed).permutation(rows)[:PCA_FIT_IMAGES]
+        crops = [cache.crop(int(row)) for row in sorted(chosen)]
+        mask = PcaMask.fit([(crop.patches, crop.layout) for crop in crops], settings.seed)
+        kept = np.mean([mask.foreground(crop.patches, crop.layout).mean() for crop in crops])
+        _say(f"PCA background mask: {100 * kept:.0f} % of the reference patches are foreground")
+        return mask
+    return ImageMask.read(Path(settings.mask))
+
+
+def _save_mask(mask: Mask, staging: Path) -> dict[str, Any]:
+    """Write the mask into the recipe; returns its manifest entry."""
+    if isinstance(mask, PcaMask):
+        mask.save(staging / recipe_files.PCA_MASK_FILE)
+        name = recipe_files.PCA_MASK_FILE
+    elif isinstance(mask, ImageMask):
+        cv2.imwrite(str(staging / recipe_files.IMAGE_MASK_FILE), (mask.mask * 255).astype(np.uint8))
+        name = recipe_files.IMAGE_MASK_FILE
+    else:
+        return {"mode": "none"}
+    return {"mode": mask.mode, "file": name, "sha256": sha256_file(staging / name)}
 
 
 def calibrate(extractor: FeatureExtractor, model_path: Path, settings: CalibrationSettings, out: Path, force: bool = False,
@@ -188,16 +244,30 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
     reference = ReferenceFormat.from_first(ok_paths[0], settings.roi)
     for _, paths in nok_groups + synthetic_groups:  # a wrong folder fails now, not after the OK feature pass
         reference.load(paths[0])
+    settings = dataclasses.replace(settings, sizing=settings.sizing.resolved(reference.crop_size, sidecar.input_size))
+    settings.check_augment(reference.crop_size, sidecar.input_size)
+    warning = stretch_warning(reference.crop_size, sidecar.input_size, sidecar.patch_size) if settings.sizing.mode == "stretch" else None
+    if warning is not None:
+        _say(f"note: {warning}")
+    image_mask = None if settings.mask in ("none", "pca") else _mask(None, settings)  # a bad mask file fails now
 
     staging = recipe_files.staging_directory(out)
     try:
-        with FeatureCache(sidecar.num_patches, sidecar.feature_dim, directory=staging) as cache:
-            for _, features in extract_images(extractor, ok_paths, reference, "OK features", settings.batch_size):
-                cache.append(features)
-            fold_of = assign_folds(len(cache), settings.folds, settings.seed)
-            coresets = _fold_coresets(cache, fold_of, settings)
+        sizes: list[tuple[int, int]] = []
+        with FeatureCache(sidecar.feature_dim, directory=staging) as cache:
+            label = "OK features" + (f" (+ {', '.join(settings.augment)})" if settings.augment else "")
+            for _, per_image in extract_images(extractor, ok_paths, reference, label, settings.sizing, settings.batch_size, settings.augment):
+                for crops in per_image:
+                    source = len(sizes)
+                    sizes.append(crops[0].layout.crop_size)
+                    for number, crop in enumerate(crops):
+                        cache.append(crop, source, original=number == 0)
+            mask = image_mask if image_mask is not None else _mask(cache, settings)
+            fold_of = assign_folds(len(sizes), settings.folds, settings.seed)
+            coresets = _fold_coresets(cache, fold_of, mask, settings)
+            patches_seen = sum(c.patches_seen for c in coresets)
             settings, ef_tuning = _tuned_settings(cache, fold_of, coresets, settings)
-            ok_scores = _held_out_scores(cache, fold_of, coresets, settings)
+            ok_scores = _held_out_scores(cache, fold_of, coresets, mask, settings)
             ok_embeddings = cache.embeddings
         bank = np.concatenate([c.features for c in coresets])
         del coresets
@@ -205,17 +275,18 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
         scorer.index.save_index(str(staging / recipe_files.BANK_FILE))
         bank_size = len(bank)
         del bank
+        mask_entry = _save_mask(mask, staging)
 
         nok_scores: dict[str, np.ndarray] = {}
         embeddings, labels = [ok_embeddings], ["OK"] * len(ok_embeddings)
         for name, paths in nok_groups + synthetic_groups:
             scores, group = [], []
-            for _, features in extract_images(extractor, paths, reference, name, settings.batch_size):
-                scores.append(scorer.score(features.patches)[0])
-                group.append(features.embedding)
+            for _, per_image in extract_images(extractor, paths, reference, name, settings.sizing, settings.batch_size):
+                scores += [score_crop(crop, mask, scorer, settings.aggregation).score for crop, in per_image]
+                group += [crop.embedding for crop, in per_image]
             if not name.startswith("synthetic:"):
-                nok_scores[name] = np.concatenate(scores)
-            embeddings.append(np.concatenate(group))
+                nok_scores[name] = np.array(scores)
+            embeddings.append(np.stack(group))
             labels += [name] * len(paths)
         labelled = LabelledEmbeddings(np.concatenate(embeddings), labels, settings.label_k)
         labelled.save(staging / recipe_files.LABELLED_FILE)
@@ -237,15 +308,18 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
                 "roi": None if settings.roi is None else settings.roi.to_json(),
                 "channels": reference.channels,
                 "image_size": list(reference.image_size),
+                "sizing": settings.sizing.to_json(),
+                "crop_sizes": [list(map(min, zip(*sizes))), list(map(max, zip(*sizes)))],
             },
-            "scoring": {"k": settings.k, "aggregation": settings.aggregation, "decision": DECISION_RULE},
+            "scoring": {"k": settings.k, "aggregation": settings.aggregation, "mask": mask_entry,
+                        "decision": DECISION_RULE},
             "bank": {
                 "file": recipe_files.BANK_FILE,
                 "sha256": sha256_file(staging / recipe_files.BANK_FILE),
                 "size": bank_size,
                 "coreset_ratio": settings.coreset_ratio,
                 "max_size": settings.max_bank,
-                "patches_seen": len(ok_paths) * sidecar.num_patches,
+                "patches_seen": patches_seen,
                 "index": settings.index.to_json(),
                 "ef_tuning": ef_tuning.to_json(),
             },
@@ -260,6 +334,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
                 "ok_images": len(ok_paths),
                 "folds": settings.folds,
                 "ok_score_range": [float(ok_scores.min()), float(ok_scores.max())],  # the threshold lies within
+                "augment": list(settings.augment),
                 "nok_images": {name: len(paths) for name, paths in nok_groups},
                 "synthetic_images": {name: len(paths) for name, paths in synthetic_groups},
                 "backend": extractor.backend_name,
@@ -271,7 +346,8 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             f"recipe {manifest['recipe_id']}  ({manifest['created']})",
             f"model {Path(model_path).name} {sidecar.input_size[1]}x{sidecar.input_size[0]}",
             f"bank {bank_size} patches from {len(ok_paths)} OK images",
-            f"scoring k={settings.k}, {settings.aggregation}; {settings.folds}-fold held-out",
+            f"scoring k={settings.k}, {settings.aggregation}, mask {mask.mode}, sizing {settings.sizing.mode}; "
+            f"{settings.folds}-fold held-out" + (f"; bank + {', '.join(settings.augment)}" if settings.augment else ""),
         ]
         write_report(staging / recipe_files.REPORT_FILE, ok_scores, nok_scores, risk, header)
         if signing_key is not None:

@@ -18,15 +18,23 @@ COLORMAPS = {"turbo": cv2.COLORMAP_TURBO, "jet": cv2.COLORMAP_JET}
 DECISION_COLOURS_BGR = {"OK": (60, 160, 40), "NOK": (40, 40, 210), "ERROR": (160, 40, 200)}
 
 
-def anomaly_map(patch_scores: np.ndarray, size: tuple[int, int], sigma_px: float = HEATMAP_SIGMA_PX) -> np.ndarray:
-    """Patch scores (rows, cols) -> float32 (height, width) map: bilinear upsample, then Gaussian blur."""
+def anomaly_map(patch_scores: np.ndarray, size: tuple[int, int], sigma_px: float = HEATMAP_SIGMA_PX,
+                extent: tuple[int, int] | None = None) -> np.ndarray:
+    """Patch scores (rows, cols) -> float32 (height, width) map: bilinear upsample, then Gaussian blur.
+
+    ``extent``: (height, width) in map pixels that the grid covers from the top left, when more than ``size``
+    (letterbox padding); the map is the top-left ``size`` of it."""
     scores = np.asarray(patch_scores, dtype=np.float32)
     if scores.ndim != 2 or scores.size == 0:
         raise ValueError(f"patch scores must be a non-empty (rows, cols) array, found shape {scores.shape}")
     height, width = size
     if height < 1 or width < 1:
         raise ValueError(f"map size must be positive (height, width), found {size}")
-    upsampled = cv2.resize(scores, (width, height), interpolation=cv2.INTER_LINEAR)
+    full_height, full_width = extent if extent is not None else size
+    if full_height < height or full_width < width:
+        raise ValueError(f"grid extent {extent} is smaller than the map size {size}")
+    upsampled = cv2.resize(scores, (full_width, full_height), interpolation=cv2.INTER_LINEAR)
+    upsampled = np.ascontiguousarray(upsampled[:height, :width])
     if sigma_px > 0:
         upsampled = cv2.GaussianBlur(upsampled, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
     return upsampled.astype(np.float32, copy=False)

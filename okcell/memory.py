@@ -1,4 +1,4 @@
-"""Resident memory of this process in MiB (Linux reports kB), the one place okcell reads it."""
+"""Resident memory in MiB (Linux reports kB) of this process, or of another one by pid: the one place okcell reads it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from pathlib import Path
 STATUS = Path("/proc/self/status")
 
 
-def _status_mb(field: str) -> float | None:
-    """A ``/proc/self/status`` field in MiB, None where it cannot be read."""
+def _status_path(pid: int | None) -> Path:
+    return STATUS if pid is None else Path(f"/proc/{pid}/status")
+
+
+def _status_mb(field: str, pid: int | None = None) -> float | None:
+    """A ``/proc/<pid>/status`` field in MiB (this process without ``pid``), None where it cannot be read."""
     try:
-        for line in STATUS.read_text().splitlines():
+        for line in _status_path(pid).read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
@@ -19,11 +23,11 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
-def rss_mb() -> float:
-    """Resident set size now (VmRSS)."""
-    value = _status_mb("VmRSS")
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size now (VmRSS) of this process, or of process ``pid`` (RuntimeError if it is gone)."""
+    value = _status_mb("VmRSS", pid)
     if value is None:
-        raise RuntimeError(f"no VmRSS in {STATUS}")
+        raise RuntimeError(f"no VmRSS in {_status_path(pid)}")
     return value
 
 

@@ -1,17 +1,19 @@
 """A recipe directory: reference bank (hnswlib), labelled embeddings, report and a manifest binding them to one model.
 
-``manifest.json`` holds the okcell version, the model's ONNX sha256 and input, ROI and channels, scoring and index
-parameters, file hashes, the threshold, the held-out OK score range and the stated risk. ``recipe_id`` is a short
-hash of the manifest content (without the creation date), so any edit to the manifest, the bank or the labelled
-embeddings is detected on load — unless the editor recomputes the id. Against that, every loaded value is checked
-against what a calibration can write (the threshold lies within the held-out OK scores, the ROI inside the images,
-k within the bank, ...), and a recipe can be signed (``manifest.json.sig``, :mod:`okcell.signing`): loaded with a
-public key, an unsigned or wrongly signed recipe is refused.
+``manifest.json`` holds the okcell version, the model's ONNX sha256 and input, ROI, channels and sizing rule,
+scoring (k, aggregation, background mask) and index parameters, file hashes, the threshold, the held-out OK score
+range and the stated risk. ``recipe_id`` is a short hash of the manifest content (without the creation date), so any
+edit to the manifest, the bank or the labelled embeddings is detected on load — unless the editor recomputes the id.
+Against that, every loaded value is checked against what a calibration can write (the threshold lies within the
+held-out OK scores, the ROI inside the images, k within the bank, ...), and a recipe can be signed
+(``manifest.json.sig``, :mod:`okcell.signing`): loaded with a public key, an unsigned or wrongly signed recipe is
+refused.
 Recipes are written into a staging directory beside the destination and renamed into place only when complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -24,18 +26,25 @@ from typing import Any
 import numpy as np
 
 from okcell.bank_index import MAX_EF, IndexParams, load_index
+from okcell.frames import CropFeatures, CropScore, score_crop
+from okcell.images import ImageError, read_image
 from okcell.labelled import LabelledEmbeddings
+from okcell.masking import ImageMask, Mask, NoMask, PcaMask
 from okcell.roi import Roi
 from okcell.schema import ConfigError, parse_json, read_bytes, require_keys, sha256_file, typed
-from okcell.scoring import AGGREGATIONS, DECISION_RULE, SCORE_RANGE, PatchScorer
+from okcell.scoring import DECISION_RULE, SCORE_RANGE, PatchScorer, check_aggregation
 from okcell.sidecar import ModelSidecar
 from okcell.signing import load_public_key, verify_file
+from okcell.sizing import Sizing
 
 RECIPE_FORMAT = 2
+MIN_CROP_SIDE = 14  # px: one DINOv2 patch; a smaller region holds nothing to compare with the references
 MANIFEST_FILE = "manifest.json"
 BANK_FILE = "bank.hnsw"
 LABELLED_FILE = "labelled.npz"
 REPORT_FILE = "report.png"
+PCA_MASK_FILE = "mask.npz"
+IMAGE_MASK_FILE = "mask.png"
 
 _TOP_KEYS = {"format_version", "recipe_id", "okcell_version", "created", "model", "input", "scoring", "bank", "labelled", "risk", "calibration"}
 _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -46,7 +55,14 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "risk": {"threshold": float, "target_frr": float, "confidence": float, "frr": dict, "escape": (dict, type(None)), "recall": dict},
     "calibration": {"ok_images": int, "folds": int, "ok_score_range": list, "backend": str, "nok_images": dict, "synthetic_images": dict, "peak_rss_mb": float},
 }
+# added after format 1 was released: recipes written before them load with the old behaviour (stretch, no mask)
+_OPTIONAL: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "input": {"sizing": dict, "crop_sizes": list},
+    "scoring": {"mask": dict},
+    "calibration": {"augment": list},
+}
 _LABELLED_KEYS: dict[str, type | tuple[type, ...]] = {"file": str, "sha256": str, "k": int, "counts": dict}
+_MASK_KEYS: dict[str, type | tuple[type, ...]] = {"mode": str, "file": str, "sha256": str}
 
 
 def compute_recipe_id(manifest: dict[str, Any]) -> str:
@@ -102,11 +118,13 @@ def publish(staging: Path, out: Path, force: bool) -> None:
         shutil.rmtree(retired)
 
 
-def _section(manifest: dict[str, Any], name: str, fields: dict[str, type | tuple[type, ...]], source: str) -> dict[str, Any]:
+def _section(manifest: dict[str, Any], name: str, fields: dict[str, type | tuple[type, ...]], source: str,
+             optional: dict[str, type | tuple[type, ...]] | None = None) -> dict[str, Any]:
     data = typed(manifest, name, dict, source)
     where = f"{source} [{name}]"
-    require_keys(data, set(fields), set(), where)
-    for key, kind in fields.items():
+    optional = optional or {}
+    require_keys(data, set(fields), set(optional), where)
+    for key, kind in {**fields, **{k: v for k, v in optional.items() if k in data}}.items():
         typed(data, key, (int, float) if kind is float else kind, where)
     return data
 
@@ -157,16 +175,18 @@ def _check_values(sections: dict[str, dict[str, Any]], roi: Roi | None, sidecar:
     if roi is not None:
         _allowed(source, "input.roi", inputs["roi"], roi.fits((size[0], size[1])),
                  f"inside the {size[1]}x{size[0]} px reference images")
-    patches = ok_images * sidecar.num_patches
-    _within(source, "bank.patches_seen", bank["patches_seen"], patches, patches,
-            f"{ok_images} OK images x {sidecar.num_patches} patches")
+    # masks drop background patches, tiles and augmented copies add patches: at least one per OK image is seen
+    patches = bank["patches_seen"]
+    _within(source, "bank.patches_seen", patches, ok_images, math.inf, f"at least one per OK image ({ok_images})")
     _allowed(source, "bank.coreset_ratio", bank["coreset_ratio"], 0 < bank["coreset_ratio"] <= 1, "(0, 1]")
     _within(source, "bank.max_size", bank["max_size"], calibration["folds"], math.inf, "calibration.folds and up")
     _within(source, "bank.size", bank["size"], 1, min(bank["max_size"], patches), "bank.max_size, bank.patches_seen")
     k = scoring["k"]
     _within(source, "scoring.k", k, 1, bank["size"], "the bank size")
-    _allowed(source, "scoring.aggregation", scoring["aggregation"], scoring["aggregation"] in AGGREGATIONS,
-             " or ".join(map(repr, AGGREGATIONS)))
+    try:
+        check_aggregation(scoring["aggregation"])
+    except ValueError:
+        _allowed(source, "scoring.aggregation", scoring["aggregation"], False, "'top1pct', 'max' or 'topN' (N patches)")
     _allowed(source, "scoring.decision", scoring["decision"], scoring["decision"] == DECISION_RULE, repr(DECISION_RULE))
     tuned = typed(bank["ef_tuning"], "ef", int, f"{source} [bank.ef_tuning]")
     _within(source, "bank.ef_tuning.ef", tuned, k, max(k, MAX_EF), "scoring.k up to the tuning limit")
@@ -182,23 +202,29 @@ class Recipe:
     recipe_id: str
     roi: Roi | None
     channels: str  # "mono" or "colour"
-    image_size: tuple[int, int]  # (height, width) of the reference images
+    image_size: tuple[int, int]  # (height, width) of the first reference image (frames may differ)
     threshold: float
     scorer: PatchScorer
     labelled: LabelledEmbeddings | None
+    sizing: Sizing = dataclasses.field(default_factory=Sizing)
+    mask: Mask = dataclasses.field(default_factory=NoMask)
 
     def check_frame(self, frame: np.ndarray) -> None:
-        """ValueError with a clear message if ``frame`` cannot be inspected with this recipe."""
+        """ValueError with a clear message if ``frame`` cannot be inspected with this recipe (any size is fine: the
+        sizing rule handles it; a ROI must fit)."""
         channels = "mono" if frame.ndim == 2 else "colour"
         if channels != self.channels:
             raise ValueError(f"{channels} frame {frame.shape}, but recipe {self.recipe_id} was calibrated on {self.channels} images")
         if self.roi is not None:
             self.roi.check_fits(frame.shape)
-        elif frame.shape[:2] != self.image_size:
-            raise ValueError(
-                f"frame of {frame.shape[1]}x{frame.shape[0]} px, but recipe {self.recipe_id} was calibrated on "
-                f"{self.image_size[1]}x{self.image_size[0]} px images without ROI"
-            )
+        height, width = frame.shape[:2] if self.roi is None else (self.roi.height, self.roi.width)
+        if min(height, width) < MIN_CROP_SIDE:
+            raise ValueError(f"frame of {width}x{height} px: the inspected region must be at least "
+                             f"{MIN_CROP_SIDE} px on each side (one DINOv2 patch)")
+
+    def score(self, crop: CropFeatures) -> CropScore:
+        """Image score and patch-score grid of a crop's features, with this recipe's mask and scoring."""
+        return score_crop(crop, self.mask, self.scorer, self.scorer.aggregation)
 
     def crop(self, frame: np.ndarray) -> np.ndarray:
         """The inspected region of ``frame`` after :meth:`check_frame`."""
@@ -215,7 +241,7 @@ class Recipe:
         source = str(path)
         if not directory.is_dir():
             raise ConfigError(f"{directory}: recipe directory not found (build one with `okcell calibrate`)")
-        content = read_bytes(path, missing_hint=f"{directory} is not a complete recipe")
+        content = read_bytes(path, missing=f"not found; {directory} is not a complete recipe")
         if public_key is not None:
             verify_file(path, load_public_key(public_key), content)
         manifest = parse_json(content, path)
@@ -231,7 +257,7 @@ class Recipe:
                 f"{source}: content does not match its recipe_id {manifest['recipe_id']} (now {expected_id}); "
                 "the manifest was edited after calibration — recalibrate with `okcell calibrate`"
             )
-        sections = {name: _section(manifest, name, fields, source) for name, fields in _SECTIONS.items()}
+        sections = {name: _section(manifest, name, fields, source, _OPTIONAL.get(name)) for name, fields in _SECTIONS.items()}
         model, inputs, scoring, bank, risk = (sections[k] for k in ("model", "input", "scoring", "bank", "risk"))
         if model["sha256"] != sidecar.sha256:
             raise ConfigError(
@@ -242,11 +268,15 @@ class Recipe:
             raise ConfigError(f"{source}: field 'model' describes input {model['input_size']} / {model['feature_dim']} features, the model has {list(sidecar.input_size)} / {sidecar.feature_dim}")
         if inputs["channels"] not in ("mono", "colour"):
             raise ConfigError(f"{source}: field 'input.channels' must be 'mono' or 'colour', found {inputs['channels']!r}")
+        sizing = Sizing.from_json(inputs.get("sizing", {"mode": "stretch"}), f"{source} field 'input.sizing'")
+        if sizing.mode == "tile" and sizing.tile_scale is None:
+            raise ConfigError(f"{source}: field 'input.sizing' has no tile_scale")
         params = IndexParams.from_json(bank["index"], f"{source} [bank.index]")
         roi = None if inputs["roi"] is None else Roi.from_json(inputs["roi"], f"{source} field 'input.roi'")
         _check_values(sections, roi, sidecar, source)
         size = inputs["image_size"]
         index = load_index(_verify_file(directory, bank, "bank"), sidecar.feature_dim, bank["size"], params)
+        mask = _load_mask(directory, scoring.get("mask", {"mode": "none"}), sidecar.feature_dim, source)
         labelled = None
         if manifest["labelled"] is not None:
             entry = _section(manifest, "labelled", _LABELLED_KEYS, source)
@@ -266,4 +296,25 @@ class Recipe:
             threshold=float(risk["threshold"]),
             scorer=PatchScorer(index, k=scoring["k"], aggregation=scoring["aggregation"], threads=threads),
             labelled=labelled,
+            sizing=sizing,
+            mask=mask,
         )
+
+
+def _load_mask(directory: Path, entry: object, feature_dim: int, source: str) -> Mask:
+    """The background mask named by the manifest's ``scoring.mask`` entry, its file verified."""
+    if entry == {"mode": "none"}:
+        return NoMask()
+    if not isinstance(entry, dict) or entry.get("mode") not in ("pca", "file"):
+        raise ConfigError(f"{source}: field 'scoring.mask' must be {{\"mode\": \"none\"}} or name a pca/file mask, found {entry!r}")
+    where = f"{source} [scoring.mask]"
+    require_keys(entry, set(_MASK_KEYS), set(), where)
+    for key, kind in _MASK_KEYS.items():
+        typed(entry, key, kind, where)
+    path = _verify_file(directory, entry, "scoring.mask")
+    if entry["mode"] == "pca":
+        return PcaMask.load(path, feature_dim)
+    try:
+        return ImageMask(read_image(path))
+    except (ImageError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a usable mask image ({exc})") from None

@@ -41,6 +41,12 @@ def typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], sour
     return value
 
 
+def require_format(data: Mapping[str, Any], expected: int, source: Path | str) -> None:
+    """Raise ConfigError unless ``data['format_version']`` is the integer ``expected``."""
+    if typed(data, "format_version", int, source) != expected:
+        raise ConfigError(f"{source}: field 'format_version' is {data['format_version']}, expected {expected}")
+
+
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -50,12 +56,12 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_bytes(path: Path, missing_hint: str = "") -> bytes:
-    """The bytes of ``path``; a missing or unreadable file is a ConfigError naming it (and ``missing_hint``)."""
+def read_bytes(path: Path, missing: str = "not found") -> bytes:
+    """The bytes of ``path``; a missing file is the ConfigError ``"{path}: {missing}"``, an unreadable one names it too."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found" + (f" ({missing_hint})" if missing_hint else "")) from None
+        raise ConfigError(f"{path}: {missing}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
@@ -76,11 +82,11 @@ def parse_json(content: bytes, path: Path) -> Any:
     return _parse(content, path, json.loads, "JSON", (json.JSONDecodeError,))
 
 
-def read_json(path: Path, missing_hint: str = "") -> Any:
+def read_json(path: Path, missing: str = "not found") -> Any:
     """Parsed JSON of ``path``; any fault (missing, unreadable, not UTF-8, not JSON) is a ConfigError naming it."""
-    return parse_json(read_bytes(path, missing_hint), path)
+    return parse_json(read_bytes(path, missing), path)
 
 
-def read_yaml(path: Path, missing_hint: str = "") -> Any:
+def read_yaml(path: Path, missing: str = "not found") -> Any:
     """Parsed YAML of ``path``, with the same errors as :func:`read_json`."""
-    return _parse(read_bytes(path, missing_hint), path, yaml.safe_load, "YAML", (yaml.YAMLError,))
+    return _parse(read_bytes(path, missing), path, yaml.safe_load, "YAML", (yaml.YAMLError,))

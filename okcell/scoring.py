@@ -2,37 +2,49 @@
 
 Patch anomaly = 1 - mean of the ``k`` highest cosine similarities between the patch and the bank
 (features are L2-normalised, so cosine = inner product). Image score = mean of the highest 1 % of patch
-scores (``"top1pct"``, at least one patch) or their maximum (``"max"``). A part is NOK when its image score is
-strictly greater than the recipe threshold (:func:`decide`).
+scores (``"top1pct"``, at least one patch), the mean of the ``N`` highest (``"topN"``, e.g. ``"top10"``) or their
+maximum (``"max"``). A part is NOK when its image score is strictly greater than the recipe threshold
+(:func:`decide`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence, cast
+import re
+from typing import Literal, Sequence
 
 import hnswlib
 import numpy as np
 
-Aggregation = Literal["top1pct", "max"]
-AGGREGATIONS: tuple[str, ...] = ("top1pct", "max")
+AGGREGATIONS: tuple[str, ...] = ("top1pct", "max", "topN")
+_TOP_N = re.compile(r"top([1-9][0-9]{0,4})")
 SCORE_RANGE = (0.0, 2.0)  # patch and image scores: 1 - cosine similarity
 DECISION_RULE = "NOK if image score > threshold"
 
 
-def check_aggregation(value: str) -> Aggregation:
-    if value not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, found {value!r}")
-    return cast(Aggregation, value)
+def check_aggregation(value: str) -> str:
+    """``value`` if it names an aggregation (``top1pct``, ``max`` or ``topN`` with N in 1..99999), else ValueError."""
+    if value not in ("top1pct", "max") and _TOP_N.fullmatch(value) is None:
+        raise ValueError(f"aggregation must be top1pct, max or topN (N patches, e.g. top10), found {value!r}")
+    return value
 
 
-def aggregate(patch_scores: np.ndarray, aggregation: Aggregation) -> np.ndarray:
+def aggregate(patch_scores: np.ndarray, aggregation: str) -> np.ndarray:
     """(B, N) patch scores -> (B,) image scores."""
     if aggregation == "max":
         return patch_scores.max(axis=1)
-    count = max(1, math.ceil(0.01 * patch_scores.shape[1]))
-    top = np.partition(patch_scores, patch_scores.shape[1] - count, axis=1)[:, -count:]
+    top_n = _TOP_N.fullmatch(aggregation) if aggregation != "top1pct" else None
+    total = patch_scores.shape[1]
+    count = min(total, int(top_n.group(1))) if top_n else max(1, math.ceil(0.01 * total))
+    top = np.partition(patch_scores, total - count, axis=1)[:, -count:]
     return top.mean(axis=1)
+
+
+def aggregate_valid(grid: np.ndarray, valid: np.ndarray, aggregation: str) -> float:
+    """Image score from the patch scores of the ``valid`` cells of ``grid`` (all cells if none is valid: a frame
+    with no foreground at all is scored whole, so a missing part is not passed unscored)."""
+    values = grid[valid] if valid.any() else grid.ravel()
+    return float(aggregate(values.reshape(1, -1), aggregation)[0])
 
 
 def decide(score: float, threshold: float) -> Literal["OK", "NOK"]:
@@ -44,7 +56,7 @@ class _Scorer:
     """Shared aggregation; subclasses return (M, k) cosine similarities for (M, C) patches."""
 
     k: int
-    aggregation: Aggregation
+    aggregation: str
 
     def _top_similarities(self, flat: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -12,6 +12,9 @@ from pathlib import Path
 import networkx as nx
 
 LAYERS = ("okcell", "export", "calibration", "edge")
+EDGE_LAYERS = (("acquisition", "backends"), ("runtime",), ("opcua",), ("bench", "cli"))
+"""Inside ``edge``, lowest first: sources and backends, the runtime (service, inspector, config, archive), the OPC UA
+adapter that drives the runtime, then the commands. ``edge``'s own ``__init__`` counts as lowest."""
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -56,11 +59,25 @@ def layer_of(module: str) -> int:
     return LAYERS.index(module.split(".")[0])
 
 
+def edge_layer_of(module: str) -> int:
+    parts = module.split(".")
+    if parts[0] != "edge" or len(parts) < 2:
+        return 0
+    return next(rank for rank, names in enumerate(EDGE_LAYERS) if parts[1] in names)
+
+
+def _edge_name(module: str) -> str:
+    return "/".join(EDGE_LAYERS[edge_layer_of(module)])
+
+
 def violations(root: Path) -> list[str]:
     """Upward imports across layers and import cycles, one readable line each (empty when the rules hold)."""
     graph = import_graph(root)
     found = [f"{a} imports {b}: {LAYERS[layer_of(a)]} may not import {LAYERS[layer_of(b)]} (a layer above it)"
              for a, b in graph.edges if layer_of(b) > layer_of(a)]
+    found += [f"{a} imports {b}: edge.{_edge_name(a)} may not import edge.{_edge_name(b)} (a layer above it)"
+              for a, b in graph.edges if layer_of(a) == layer_of(b) == LAYERS.index("edge")
+              and edge_layer_of(b) > edge_layer_of(a)]
     found += ["import cycle: " + " -> ".join([*cycle, cycle[0]]) for cycle in nx.simple_cycles(graph)]
     return found
 

@@ -114,11 +114,27 @@ def test_bad_feature_values_list_what_the_camera_offers(feature, message):
     source.close()
 
 
+def test_check_configures_the_device_without_acquiring_and_releases_it():
+    source = viky(features=[FeatureSetting("Width", 256)])
+    source.check()
+    assert source.acquirer is None and not source.stats.connected
+    assert source.applied_features["Width"] == 256 and source.stats.frames == 0
+    with pytest.raises(ConfigError, match=r"camera.features.Width: value 5000 outside"):
+        viky(features=[FeatureSetting("Width", 5000)]).check()
+    source.open()  # the device was released
+    try:
+        assert source.grab("", 2.0).image.shape == (400, 256, 3)
+    finally:
+        source.close()
+
+
 def test_device_selection_by_serial_index_and_ambiguity():
     with pytest.raises(SourceLost, match=r"no device with serial_number='9'.*serial_number='2'"):
         viky(serial="9").open()
     with pytest.raises(ConfigError, match=r"model='Viky' matches 3 devices"):
         viky(device={"model": "Viky"}).open()
+    with pytest.raises(ConfigError, match=r"^cell.yaml: camera.device.index 5: only 3 cameras found; .*serial_number='2'"):
+        viky(device={"index": 5}).open()
     source = viky(device={"index": 2})
     source.open()
     try:
@@ -194,3 +210,37 @@ def test_okcell_cameras_lists_devices_and_main_features(capsys):
     assert listing.startswith("3 device(s)")
     assert "serial_number='2'" in listing and "Width: 400" in listing
     assert "PixelFormat options: ['RGBa8', 'Mono8']" in listing
+
+
+def write_replay_images(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        cv2.imwrite(str(folder / f"part_{index}.png"), np.full((32, 48, 3), 40 * index, np.uint8))
+
+
+def test_replay_folder_taken_away_is_a_lost_camera_until_it_is_back(tmp_path: Path):
+    """Frames are read at each grab: a renamed (unmounted, deleted) folder is a lost camera; reconnect lists it again."""
+    folder = tmp_path / "images"
+    write_replay_images(folder, 2)
+    source = ReplaySource(folder)
+    source.open()
+    assert source.grab("a", 1.0).image.shape == (32, 48, 3)
+    folder.rename(tmp_path / "away")
+    with pytest.raises(SourceLost, match=r"part_1\.png: no such file"):
+        source.grab("b", 1.0)
+    assert not source.stats.connected and source.stats.losses == 1
+    with pytest.raises(SourceLost, match=f"{folder}: not a folder of images"):
+        source.reconnect()
+    (tmp_path / "away").rename(folder)
+    write_replay_images(folder, 3)  # a third image arrived meanwhile: listed again on reconnect
+    source.reconnect()
+    assert source.stats.connected and source.stats.reconnects == 1
+    assert [source.grab("", 1.0).frame_id for _ in range(4)] == [0, 1, 2, 0]
+
+
+def test_replay_image_that_cannot_be_read_fails_at_open_naming_it(tmp_path: Path):
+    folder = tmp_path / "images"
+    write_replay_images(folder, 2)
+    (folder / "part_1.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"part_1\.png: not a readable image"):
+        ReplaySource(folder).open()

@@ -27,7 +27,7 @@ def make_result(cycle: int, decision: Decision, frame: np.ndarray) -> CellResult
     score = None if decision == "ERROR" else (0.7 if decision == "NOK" else 0.2)
     outcome = InspectionResult(decision, score, 0.5, anomaly_map=amap, timings_ms={"inspect": 12.5},
                                error="no frame" if decision == "ERROR" else None)
-    return CellResult(cycle, cycle, f"part-{cycle}", time.time(), "recipe-a", outcome, frame=frame)
+    return CellResult(cycle, f"part-{cycle}", time.time(), "recipe-a", outcome, frame=frame)
 
 
 def wait_for(condition, timeout_s=10.0):

@@ -46,7 +46,8 @@ def test_mono_images_with_roi(exported_model: Path, mono_set: Path, tmp_path: Pa
         assert expected in printed.out
     assert "OK features: 12/12 images" in printed.err
     manifest = json.loads((out / MANIFEST_FILE).read_text())
-    assert manifest["input"] == {"roi": [16, 16, 208, 208], "channels": "mono", "image_size": [256, 256]}
+    assert manifest["input"] == {"roi": [16, 16, 208, 208], "channels": "mono", "image_size": [256, 256],
+                                 "sizing": {"mode": "stretch"}, "crop_sizes": [[208, 208], [208, 208]]}
     assert manifest["scoring"]["k"] == 2 and manifest["scoring"]["aggregation"] == "max"
     assert manifest["bank"]["size"] == 3 * 205  # 3 folds of 4 images: ceil(0.2 * 4 * 256) patches each
     assert manifest["risk"]["frr"]["total"] == 12 and manifest["risk"]["escape"]["total"] == 4

@@ -7,9 +7,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from contextlib import ExitStack, closing
 from pathlib import Path
@@ -24,9 +21,8 @@ from edge.runtime.control import TriggerRefused
 from edge.runtime.service import CellService
 from okcell.result import CellResult
 from opcua_support import EventCollector, PASSWORD_HASH, USER, cell_node, connect, free_port, subscribe_results, var
-from service_support import NotifyListener, write_cell_config
+from service_support import CellProcess, NotifyListener, write_cell_config
 
-OKCELL = Path(sys.executable).parent / "okcell"
 
 
 def replay_ok(demo_images: Path) -> dict[str, Any]:
@@ -37,50 +33,6 @@ def archive_rows(directory: Path) -> dict[int, dict[str, Any]]:
     with closing(sqlite3.connect(directory / "results.sqlite")) as db:
         db.row_factory = sqlite3.Row
         return {row["cycle"]: dict(row) for row in db.execute("SELECT * FROM results")}
-
-
-class CellProcess:
-    """``okcell run`` as systemd starts it (a notify socket); output collected by a thread."""
-
-    def __init__(self, config: Path, listener: NotifyListener) -> None:
-        self.listener = listener
-        self.readies = sum(m.startswith("READY=1") for m in listener.all)
-        env = {**os.environ, "NOTIFY_SOCKET": str(listener.path)}
-        self.process = subprocess.Popen([str(OKCELL), "run", "--config", str(config)], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.output: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.output)
-
-    def ready_or_exit(self, timeout_s: float = 180.0) -> bool:
-        """True once this process sent READY=1, False if it exited first."""
-        deadline = time.monotonic() + timeout_s
-        while sum(m.startswith("READY=1") for m in self.listener.all) == self.readies:
-            if self.process.poll() is not None:
-                self._reader.join(timeout=10)
-                return False
-            assert time.monotonic() < deadline, f"neither READY=1 nor an exit: {self.text}"
-            time.sleep(0.1)
-        return True
-
-    def wait(self, timeout_s: float = 120.0) -> int:
-        code = self.process.wait(timeout=timeout_s)
-        self._reader.join(timeout=10)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.wait()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from okcell.memory import reset_peak_rss
+from okcell.memory import reset_peak_rss, rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK_MB = 256
@@ -48,3 +48,18 @@ def test_reset_forgets_the_freed_array(figures: dict[str, float]) -> None:
     assert figures["reset"]
     assert figures["peak_after_reset"] <= figures["peak"] - 0.9 * BLOCK_MB
     assert figures["peak_after_reset"] >= figures["rss_after_free"]
+
+
+def test_rss_of_another_process_by_pid() -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, numpy as np; b = np.ones({BLOCK_MB} * 2**20, np.uint8); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert rss_mb(holder.pid) >= 0.9 * BLOCK_MB
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    with pytest.raises(RuntimeError, match=f"/proc/{holder.pid}/status"):
+        rss_mb(holder.pid)

@@ -15,7 +15,7 @@ from edge.acquisition.harvester_source import HarvesterSource
 from okcell.result import CellResult
 from edge.runtime.service import CellService
 from okcell.schema import ConfigError
-from service_support import NotifyListener, capture_viky_frames, viky_camera, write_cell_config
+from service_support import NotifyListener, capture_viky_frames, ready_process, viky_camera, write_cell_config
 
 
 @pytest.fixture(scope="module")
@@ -280,34 +280,21 @@ def test_short_soak_memory_stays_flat(exported_model, recipes, tmp_path):
 def test_okcell_run_process_under_a_notify_socket(exported_model, recipes, demo_images, tmp_path):
     """``okcell run`` as systemd starts it: READY=1, STATUS, SIGHUP reload, SIGTERM drains and exits 0."""
     import signal
-    import subprocess
     import sys
 
-    listener = NotifyListener(tmp_path / "notify.sock")
     replay = {"replay": {"images": str(demo_images / "holdout" / "ok"), "rate_hz": 5}}
     config = write_cell_config(tmp_path / "cell", exported_model, recipes / "demo", replay, "free_run")
-    env = {**os.environ, "NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"}
     okcell = Path(sys.executable).parent / "okcell"
-    process = subprocess.Popen([str(okcell), "run", "--config", str(config.path)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not any(m.startswith("READY=1") for m in listener.all):
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "no READY=1"
-            time.sleep(0.1)
+    with ready_process([str(okcell), "run", "--config", str(config.path)], tmp_path / "notify.sock",
+                       env={"WATCHDOG_USEC": "1000000"}) as (process, listener):
         time.sleep(2.0)
         process.send_signal(signal.SIGHUP)
         time.sleep(1.0)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        messages = listener.all
     assert process.returncode == 0, output
     assert "recipe" in output and "reloaded" in output
-    messages = listener.all
-    listener.close()
     assert any(m.startswith("WATCHDOG=1\nSTATUS=Operational; cycle ") for m in messages)
     assert messages[-1] == "STOPPING=1" or "STOPPING=1" in messages
     rows = ResultArchiveReader.rows(config, 0)

@@ -15,7 +15,7 @@ from edge.cli.main import main
 from edge.runtime.service import CellService
 from okcell.recipe import MANIFEST_FILE, Recipe, compute_recipe_id
 from okcell.schema import ConfigError
-from okcell.sidecar import ModelSidecar, load_verified
+from okcell.sidecar import ModelSidecar
 from okcell.signing import generate_keys, load_private_key, load_public_key, sign_file, signature_path, verify_file
 from service_support import write_cell_config
 
@@ -31,16 +31,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def other_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return generate_keys(tmp_path_factory.mktemp("other-keys"))
-
-
-@pytest.fixture(scope="module")
-def sidecar(exported_model: Path) -> ModelSidecar:
-    return load_verified(exported_model)
-
-
-@pytest.fixture
-def recipe_copy(demo_recipe: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(demo_recipe, tmp_path / "recipe"))
 
 
 def _forge_threshold(recipe: Path) -> None:

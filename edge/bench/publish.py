@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from edge.runtime.control import CellStatus
-    from edge.opcua.config import parse_opcua_config
+    from edge.runtime.opcua_config import parse_opcua_config
     from edge.opcua.security import hash_password
     from edge.opcua.server import OpcUaServer
     from okcell.result import CellResult, InspectionResult
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         """Only status() is used: the bench publishes results itself."""
 
         def status(self) -> CellStatus:
-            return CellStatus("Operational", "", True, "bench", "bench", ("bench",), 0, 0)
+            return CellStatus("Operational", "", True, "bench", "bench", ("bench",), 0, 0, {}, None, None)
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="okcell-bench-publish-") as state:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             with Progress("published", args.results, "results") as progress:
                 for cycle in range(1, args.results + 1):
                     inspection = InspectionResult("NOK" if cycle % 10 == 0 else "OK", 0.3, 0.5, "good", anomaly, {"cycle": 40.0})
-                    result = CellResult(cycle, cycle, f"bench-{cycle}", time.time(), "bench", inspection, frame)
+                    result = CellResult(cycle, f"bench-{cycle}", time.time(), "bench", inspection, frame)
                     started, started_cpu = time.perf_counter(), time.thread_time()
                     server.publish(result)
                     ended, ended_cpu = time.perf_counter(), time.thread_time()

@@ -24,7 +24,7 @@ from okcell.memory import peak_rss_mb, reset_peak_rss
 from okcell.names import BACKENDS, INSPECTION_TIMINGS
 from okcell.progress import Progress
 
-STAGES = (*INSPECTION_TIMINGS, "overlay_png")
+BENCH_TIMINGS = (*INSPECTION_TIMINGS, "overlay_png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +124,7 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
             gc.collect()
             reset = reset_peak_rss()
             frames = [read_image(p) for p in sorted((root / "parts" / "holdout").rglob("*.png"))]
-            timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
+            timings: dict[str, list[float]] = {stage: [] for stage in BENCH_TIMINGS}
             total = args.warmup + args.frames
             with Progress(f"{size}x{size} inspections", total, "frames") as progress:
                 for i in range(total):
@@ -136,7 +136,7 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
                     ok, _ = cv2.imencode(".png", inspector.overlay(frame, result))
                     overlay_ms = (time.perf_counter() - start) * 1e3
                     if i >= args.warmup:
-                        for stage in STAGES[:-1]:
+                        for stage in BENCH_TIMINGS[:-1]:
                             timings[stage].append(result.timings_ms[stage])
                         timings["overlay_png"].append(overlay_ms)
                     progress.advance()
@@ -162,10 +162,10 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print("peak RSS: of the process while it calibrated the bench recipe / while it only inspected (MB)")
-    print(f"{'size':>5} {'backend':<12} {'blocks':>6} {'bank':>6} " + " ".join(f"{s + ' p50/p99':>22}" for s in STAGES)
+    print(f"{'size':>5} {'backend':<12} {'blocks':>6} {'bank':>6} " + " ".join(f"{s + ' p50/p99':>22}" for s in BENCH_TIMINGS)
           + f" {'peak RSS calib/insp':>20}")
     for r in results:
-        cells = " ".join(f"{'{:.1f}/{:.1f}'.format(r['p50_ms'][s], r['p99_ms'][s]):>22}" for s in STAGES)
+        cells = " ".join(f"{'{:.1f}/{:.1f}'.format(r['p50_ms'][s], r['p99_ms'][s]):>22}" for s in BENCH_TIMINGS)
         inspection = "-" if r["peak_rss_mb_inspection"] is None else f"{r['peak_rss_mb_inspection']:.0f}"
         memory = f"{r['peak_rss_mb_calibration']:.0f}/{inspection}"
         blocks = ",".join(map(str, r["layers"]))

@@ -208,16 +208,12 @@ def _print_summary(tally: Any, timings: dict[str, list[float]], errors: int, tot
 def _write_score_report(tally: Any, recipe: Any, path: Path) -> None:
     """Hold-out score histogram with the recipe's threshold (the calibration report's layout)."""
     from calibration.report import write_report
-    from calibration.thresholds import RateEstimate, Risk
+    from calibration.thresholds import risk_at
 
-    threshold = recipe.threshold
     ok = np.array(tally.ok_scores)
-    nok = tally.nok_by_defect
-    detected = {name: RateEstimate(int(np.sum(np.array(s) > threshold)), len(s)) for name, s in nok.items() if s}
-    total_nok = sum(d.total for d in detected.values())
-    escapes = RateEstimate(total_nok - sum(d.events for d in detected.values()), total_nok) if total_nok else None
-    risk = Risk(threshold, float(recipe.manifest["risk"]["target_frr"]),
-                RateEstimate(int(np.sum(ok > threshold)), len(ok)), escapes, detected)
+    nok = {name: np.array(scores) for name, scores in tally.nok_by_defect.items()}
+    risk = risk_at(recipe.threshold, ok, nok, float(recipe.manifest["risk"]["target_frr"]))
+    total_nok = sum(len(s) for s in nok.values())
     header = [f"okcell inspect: recipe {recipe.recipe_id}", f"{len(ok)} OK, {total_nok} NOK images (truth from folders)"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_report(path, ok, {k: np.array(v) for k, v in nok.items()}, risk, header)
+    write_report(path, ok, nok, risk, header)

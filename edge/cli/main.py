@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("edge.cli.keygen", "make an ed25519 key pair for signed recipes and bundles"),
     "calibrate": ("edge.cli.calibrate", "build a recipe: reference index, thresholds, report"),
     "inspect": ("edge.cli.inspect_images", "inspect image files with a recipe"),
+    "evaluate": ("edge.cli.evaluate", "accuracy on a data set with known defects: calibrate, inspect, report"),
     "bench": ("edge.cli.bench", "measure p50/p99 and peak memory"),
     "cameras": ("edge.cli.cameras", "list GenICam cameras and their main features"),
     "run": ("edge.cli.run", "run the inspection cell from a config file"),

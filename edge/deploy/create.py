@@ -151,7 +151,7 @@ def _check_spec(spec: BundleSpec) -> None:
 def _template(config: Path | None) -> dict[str, Any]:
     if config is None:
         return {}
-    data = read_yaml(config, missing_hint="cell.yaml template for the release")
+    data = read_yaml(config, missing="cell.yaml template for the release not found")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{config}: top level must be a mapping, found {type(data).__name__}")
     if "release" in data:

@@ -21,11 +21,10 @@ from edge.acquisition.camera_settings import FeatureSetting
 from edge.acquisition.harvester_source import DEVICE_KEYS, CameraSettings
 from edge.acquisition.producers import find_producers
 from edge.acquisition.source import TRIGGER_MODES, TriggerMode
-from edge.opcua.config import OpcUaConfig, parse_opcua_config
+from edge.runtime.opcua_config import OpcUaConfig, parse_opcua_config
 from okcell.schema import ConfigError, read_yaml, require_keys
-from okcell.names import BACKENDS
+from okcell.names import BACKENDS, CELL_STAGES
 
-STAGES = ("acquisition", "inference", "outputs")
 SYNC_MODES = ("normal", "full")
 RELEASE_CONFIG = "cell.yaml"  # a release's own cell configuration, in the release folder
 RELEASE_ONLY_KEYS = ("model", "recipe")  # keys a device file that names a release may not give
@@ -92,7 +91,7 @@ def load_cell_config(path: Path | str, release: Path | None = None) -> CellConfi
     """Read and validate ``cell.yaml``; raises ConfigError naming the file and key. ``release`` replaces the file's
     ``release:`` folder (an installer checks a release before switching to it)."""
     path = Path(path)
-    data = read_yaml(path, missing_hint="cell config")
+    data = read_yaml(path, missing="cell config not found")
     if release is None and not (isinstance(data, Mapping) and "release" in data):
         return parse_cell_config(data, path)
     return _with_release(data, path, release)
@@ -114,7 +113,7 @@ def _with_release(data: Any, path: Path, override: Path | None) -> CellConfig:
                           "install one with `okcell bundle install BUNDLE`)")
     folder = folder.resolve()
     release_file = folder / RELEASE_CONFIG
-    release_data = read_yaml(release_file, missing_hint="the release's cell configuration")
+    release_data = read_yaml(release_file, missing="the release's cell configuration not found")
     if not isinstance(release_data, Mapping):
         raise ConfigError(f"{release_file}: top level must be a mapping, found {type(release_data).__name__}")
     if "release" in release_data:
@@ -175,8 +174,8 @@ def parse_cell_config(data: Any, path: Path, origins: Mapping[str, Path] | None 
     budgets = WatchdogConfig().budgets_s
     if "budgets_s" in watchdog.data:
         section = watchdog.section("budgets_s")
-        section.keys(set(), set(STAGES))
-        budgets.update({stage: section.number(stage, float, budgets[stage], minimum=0.1) for stage in STAGES})
+        section.keys(set(), set(CELL_STAGES))
+        budgets.update({stage: section.number(stage, float, budgets[stage], minimum=0.1) for stage in CELL_STAGES})
     backoff = watchdog.data.get("reconnect_backoff_s", [0.5, 10.0])
     if (not isinstance(backoff, list) or len(backoff) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in backoff)

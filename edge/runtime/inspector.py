@@ -1,4 +1,5 @@
-"""One frame in, one decision out: ROI crop -> features -> patch scores -> image score -> decision -> anomaly map.
+"""One frame in, one decision out: ROI crop -> sizing layout -> features -> patch scores (background masked, tiles
+stitched) -> image score -> decision -> anomaly map.
 
 ``Inspector.inspect`` never raises. A frame it cannot inspect (wrong bit depth, mono vs colour, smaller than the
 ROI) and any fault inside (backend, index, a non-finite score) give ``decision="ERROR"`` with the reason, so a
@@ -15,6 +16,7 @@ import numpy as np
 
 from okcell.recipe import Recipe
 from okcell.extractor import FeatureExtractor
+from okcell.frames import extract_crops
 from okcell.images import as_frame
 from okcell.heatmap import HEATMAP_SIGMA_PX, anomaly_map, overlay
 from okcell.result import InspectionResult
@@ -65,26 +67,24 @@ class Inspector:
             return self._error(f"inspection failed: {type(exc).__name__}: {exc}", started)
 
     def _inspect(self, crop: np.ndarray, started: float) -> InspectionResult:
-        features = self.extractor.extract([crop])
+        features = extract_crops(self.extractor, [crop], self.recipe.sizing)[0]
         timings: dict[str, float] = {stage: float(features.timings_ms.get(stage, 0.0)) for stage in ("preprocess", "backbone")}
-        rows, cols = features.grid
-        if features.patches.shape[:2] != (1, rows * cols):
-            raise RuntimeError(f"backend returned patches {features.patches.shape}, expected (1, {rows * cols}, C)")
         searched = time.perf_counter()
-        image_scores, patch_scores = self.recipe.scorer.score(features.patches)
-        score = float(image_scores[0])
-        if not math.isfinite(score) or not np.all(np.isfinite(patch_scores)):
-            raise RuntimeError(f"non-finite anomaly score {score} (backend produced NaN/Inf features)")
+        scored = self.recipe.score(features)
+        if not math.isfinite(scored.score) or not np.all(np.isfinite(scored.grid)):
+            raise RuntimeError(f"non-finite anomaly score {scored.score} (backend produced NaN/Inf features)")
         nearest = None
         if self.recipe.labelled is not None:
-            nearest = self.recipe.labelled.nearest_label(features.embedding[0])
+            nearest = self.recipe.labelled.nearest_label(features.embedding)
         mapped = time.perf_counter()
         timings["search"] = (mapped - searched) * 1e3
-        amap = anomaly_map(patch_scores[0].reshape(rows, cols), crop.shape[:2], self.heatmap_sigma_px) if self.heatmap else None
+        amap = None
+        if self.heatmap:
+            amap = anomaly_map(scored.grid, crop.shape[:2], self.heatmap_sigma_px, extent=features.layout.extent)
         done = time.perf_counter()
         timings["heatmap"] = (done - mapped) * 1e3
         timings["total"] = (done - started) * 1e3
-        return InspectionResult(decision=decide(score, self.threshold), score=score, threshold=self.threshold,
+        return InspectionResult(decision=decide(scored.score, self.threshold), score=scored.score, threshold=self.threshold,
                                 nearest_label=nearest, anomaly_map=amap, timings_ms=timings)
 
     def _error(self, reason: str, started: float) -> InspectionResult:

@@ -31,9 +31,9 @@ from edge.acquisition.replay_source import ReplaySource
 from edge.acquisition.source import FrameSource, SourceError, SourceTimeout
 from edge.runtime.archive import ArchiveError, ResultArchive
 from edge.runtime.archive_guard import ArchiveGuard
-from edge.runtime.cell_config import STAGES, CellConfig
-from okcell.names import CellState
-from edge.runtime.control import CellStatus, TriggerRefused
+from edge.runtime.cell_config import CellConfig
+from okcell.names import CELL_STAGES, DECISIONS, CellState, Decision
+from edge.runtime.control import CellStatus, TriggerRefused, check_part_id
 from edge.runtime.outputs import ResultSink
 from okcell.result import CellResult, InspectionResult
 from edge.runtime.sdnotify import SdNotifier
@@ -89,7 +89,7 @@ class CellService:
         self.guard = ArchiveGuard(self.archive, config.watchdog.reconnect_backoff_s, config.watchdog.recovery_attempts)
         self.sinks: list[ResultSink] = []
         self.timings = TimingWindow()
-        self.counts = {"OK": 0, "NOK": 0, "ERROR": 0}
+        self.counts: dict[Decision, int] = {decision: 0 for decision in DECISIONS}
         self.start_cycle = 0
         self.state: CellState = "Preoperational"
         self.error_text = ""
@@ -105,15 +105,16 @@ class CellService:
         self._frames: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._results: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._late_errors: deque[tuple[CellResult, float]] = deque()
-        self._heartbeats = {stage: StageHeartbeat(stage, config.watchdog.budgets_s[stage]) for stage in STAGES}
-        self._generation = {stage: 0 for stage in STAGES}
-        self._in_flight: dict[str, Any] = {stage: None for stage in STAGES}
+        self._heartbeats: dict[str, StageHeartbeat] = {stage: StageHeartbeat(stage, config.watchdog.budgets_s[stage]) for stage in CELL_STAGES}
+        self._generation: dict[str, int] = {stage: 0 for stage in CELL_STAGES}
+        self._in_flight: dict[str, Any] = {stage: None for stage in CELL_STAGES}
         self._threads: dict[str, threading.Thread] = {}
         self._done: OrderedDict[int, CellResult | None] = OrderedDict()  # None: claimed, not published yet
         self._done_lock = threading.Condition()
         self._status_lock = threading.Lock()
         self.watchdog = CellWatchdog(self.notifier, list(self._heartbeats.values()), self._health_text,
-                                     self.recover_stage, config.watchdog.recovery_attempts)
+                                     self.recover_stage, config.watchdog.recovery_attempts,
+                                     recovered=self._stages_recovered)
 
     # ---- lifecycle --------------------------------------------------------------------------------------
 
@@ -122,12 +123,15 @@ class CellService:
         self.sinks.append(sink)
 
     def startup(self) -> None:
-        """Open archive, model, recipe and camera, run one warm-up inference, start the stages, send READY=1."""
+        """Open the archive, check the camera (bad camera settings fail here, before the model is loaded), open model
+        and recipe, run one warm-up inference, open the camera, start the stages, send READY=1."""
         self.state = "Initializing"
-        self.notifier.status("starting: opening archive, model, recipe, camera")
+        self.notifier.status("starting: opening archive, checking camera, opening model, recipe, camera")
         self.archive.start()  # ConfigError naming the path if it is read-only or full
         self.start_cycle = self._cycle = self.archive.issued
+        self.source.check()
         self._inspection = self._load_inspection(self.config.recipe)
+        self._log_setup(self._inspection)
         self._warm_up(self._inspection)
         unfinished = self.archive.unfinished()
         if unfinished:
@@ -135,10 +139,10 @@ class CellService:
                         len(unfinished), unfinished[0].cycle, unfinished[-1].cycle)
         for reservation in unfinished:  # published first, like any result, once the stages run
             self._emit_error(Job(reservation.cycle, reservation.part_id, reservation.time), RESTARTED)
-        self.source.open()
+        self.source.open()  # acquisition starts only now: no frame from before READY becomes a cycle
         for sink in self.sinks:
             sink.start()
-        for stage in STAGES:
+        for stage in CELL_STAGES:
             self._start_stage(stage)
         self.watchdog.start()
         self._accepting = True
@@ -157,7 +161,7 @@ class CellService:
         if self.source.trigger_mode == "software":
             self._put_trigger(STOP)
         deadline = time.monotonic() + timeout_s
-        for stage in STAGES:
+        for stage in CELL_STAGES:
             thread = self._threads.get(stage)
             if thread is not None:
                 thread.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -176,7 +180,9 @@ class CellService:
     # ---- control (CellControl) ------------------------------------------------------------------------------
 
     def request_trigger(self, part_id: str) -> int:
-        """Queue one software trigger; returns its result id (= cycle). Thread-safe."""
+        """Queue one software trigger; returns its result id (= cycle). Thread-safe. ``InvalidPartId`` if
+        :func:`check_part_id` refuses ``part_id``."""
+        check_part_id(part_id)
         if self.source.trigger_mode != "software":
             raise TriggerRefused(f"the cell runs in {self.source.trigger_mode} mode: the camera triggers, not requests")
         job = Job(0, part_id, time.time())
@@ -219,7 +225,7 @@ class CellService:
     def reset(self) -> None:
         """Acknowledge an error: clear the watchdog's give-up and the error text."""
         self.watchdog.gave_up = None
-        self.watchdog.attempts = {stage: 0 for stage in STAGES}
+        self.watchdog.attempts = {stage: 0 for stage in CELL_STAGES}
         self.error_text = ""
         self.guard.retry_now()
         if self.state == "Error":
@@ -248,7 +254,8 @@ class CellService:
             backend=str(getattr(inspection.extractor, "backend_name", "")) if inspection else "",
             active_recipe=inspection.recipe_dir.name if inspection else "",
             available_recipes=self.available_recipes(), fetch_timeouts=self.source.stats.timeouts,
-            reconnects=self.source.stats.reconnects,
+            reconnects=self.source.stats.reconnects, counts=dict(self.counts),
+            cycle_p50_ms=self.timings.percentile("cycle", 50), cycle_p99_ms=self.timings.percentile("cycle", 99),
         )
 
     @property
@@ -280,10 +287,12 @@ class CellService:
         state: CellState = "Error" if archive_error and self.state == "Operational" else self.state
         return state, "; ".join(text for text in (self.error_text, archive_error) if text)
 
+    def _stages_recovered(self) -> None:
+        """Every restarted stage works again: back to Operational if a stall was the cell's error."""
+        if self.state == "Error" and self.error_text.startswith("stage "):
+            self.state, self.error_text = "Operational", ""
+
     def _health_text(self) -> tuple[bool, str]:
-        if (self.state == "Error" and self.error_text.startswith("stage ") and self.watchdog.gave_up is None
-                and not any(self.watchdog.attempts.values())):
-            self.state, self.error_text = "Operational", ""  # the restarted stage works again
         p99 = self.timings.percentile("cycle", 99)
         counts = self.counts
         camera = "connected" if self.source.stats.connected else "reconnecting"
@@ -473,7 +482,7 @@ class CellService:
                 log.exception("inspection of cycle %d raised", job.cycle)
                 outcome = InspectionResult("ERROR", None, threshold, error=f"inspection failed: {exc}")
         outcome.timings_ms = {**outcome.timings_ms, **job.timings_ms, "inspect": (time.monotonic() - started) * 1000.0}
-        result = CellResult(result_id=job.cycle, cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
+        result = CellResult(cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
                             recipe_id=inspection.recipe_id, inspection=outcome,
                             frame=job.frame.image if job.frame is not None else None)
         return result, job.start_monotonic
@@ -482,7 +491,7 @@ class CellService:
         """An ERROR result for a job whose stage was restarted, straight to the outputs stage."""
         threshold = float(self._inspection.recipe.threshold) if self._inspection else float("nan")
         outcome = InspectionResult("ERROR", None, threshold, error=reason, timings_ms=dict(job.timings_ms))
-        result = CellResult(result_id=job.cycle, cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
+        result = CellResult(cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
                             recipe_id=self.recipe_id, inspection=outcome)
         self._late_errors.append((result, job.start_monotonic))
 
@@ -567,14 +576,18 @@ class CellService:
         return Inspection(Inspector(extractor, recipe), recipe, Path(recipe_dir), extractor)
 
     def _open_extractor(self) -> Any:
-        model = self.config.model
-        if model.backend == "onnxruntime":
-            from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
-
-            return OnnxRuntimeExtractor(model.onnx, threads=model.threads)
         from edge.backends.select import open_extractor
 
+        model = self.config.model
         return open_extractor(model.onnx, backend=model.backend, engine_path=model.engine, threads=model.threads)
+
+    def _log_setup(self, inspection: Inspection) -> None:
+        """One line each for the model, recipe and archive in use (the backend's line comes from its selection)."""
+        log.info("model %s: sha256 %s…", self.config.model.onnx, inspection.extractor.sidecar.sha256[:12])
+        log.info("recipe %s (id %s): %s, threshold %.6g", inspection.recipe_dir.name, inspection.recipe_id,
+                 inspection.recipe_dir, inspection.recipe.threshold)
+        archive = self.config.archive
+        log.info("archive %s (sync %s, images up to %g MB)", archive.directory, archive.sync, archive.quota_mb)
 
     def _warm_up(self, inspection: Inspection) -> None:
         """One inference on a grey frame of the recipe's size and channels; an ERROR here fails startup."""
