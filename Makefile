@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.okcell-installed
 DEMO_SIZE ?= 448
 
-.PHONY: venv test demo typecheck clean
+.PHONY: venv test demo typecheck clean wheelhouse deb deb-tools deb-testroot test-prerequisites
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,46 @@ $(NODE_STAMP): $(NODE_PROBE)/package.json $(NODE_PROBE)/package-lock.json
 	cd $(NODE_PROBE) && npm ci --no-audit --no-fund
 	touch $@
 
-test: typecheck $(NODE_STAMP)
+test: typecheck $(NODE_STAMP) test-prerequisites
 	$(BIN)/python -m pytest
+
+# ---- Debian package (deploy/debian, docs/deploy.md) --------------------------------------------------------------
+# The package's venv uses DEB_PYTHON (the target's python3); the wheelhouse holds wheels for it and this machine's
+# architecture, collected once (network) into build/ and reused offline by every `make deb`.
+DEB_PYTHON ?= /usr/bin/python3
+DEB_ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo unknown)
+DEB_COMPRESS ?= -Zxz
+WHEELHOUSE ?= build/wheelhouse/$(DEB_ARCH)
+TESTROOT := build/testroot/bookworm-$(DEB_ARCH).tar
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(WHEELHOUSE)/.collected: setup.cfg pyproject.toml | venv
+	$(BIN)/pip --python $(DEB_PYTHON) wheel --quiet --wheel-dir $(WHEELHOUSE) .
+	rm -f $(WHEELHOUSE)/okcell-*.whl  # build-deb.sh builds okcell's own wheel from the checkout each time
+	touch $@
+
+wheelhouse: $(WHEELHOUSE)/.collected
+
+deb: wheelhouse
+	PYTHON=$(DEB_PYTHON) PIP="$(BIN)/pip" WHEELHOUSE=$(WHEELHOUSE) COMPRESS="$(DEB_COMPRESS)" deploy/debian/build-deb.sh
+
+# Debian tools the packaging tests use, installed when missing
+deb-tools:
+	@command -v dpkg-deb >/dev/null && command -v lintian >/dev/null && command -v debootstrap >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev lintian debootstrap; }
+
+# a minimal Debian 12 root file system the .deb is installed into by tests/test_deb.py (made once, kept in build/)
+$(TESTROOT): | deb-tools
+	$(SUDO) rm -rf build/testroot/rootfs && mkdir -p build/testroot
+	$(SUDO) debootstrap --variant=minbase --include=python3,libpython3.11,adduser,init-system-helpers,systemd,procps bookworm \
+		build/testroot/rootfs http://deb.debian.org/debian
+	$(SUDO) rm -f build/testroot/rootfs/var/cache/apt/archives/*.deb
+	$(SUDO) tar -C build/testroot/rootfs -cf $@.partial . && mv $@.partial $@ && $(SUDO) rm -rf build/testroot/rootfs
+
+deb-testroot: $(TESTROOT)
+
+test-prerequisites: deb-tools wheelhouse deb-testroot
 
 # patch tokens from block 9 of 12: local features, so heatmaps mark the defect (the last block mixes in global context)
 DEMO_LAYERS ?= 9

@@ -107,23 +107,47 @@ def sign_file(path: Path, key: Ed25519PrivateKey) -> Path:
 def verify_file(path: Path, key: Ed25519PublicKey, content: bytes | None = None) -> str:
     """Check that ``content`` (default: the bytes of ``path``) carries a valid signature by ``key`` in the signature
     file beside ``path``; returns the key id. ConfigError if unsigned, signed by another key, or changed since."""
-    expected = key_id(key)
     target = signature_path(path)
     try:
-        record = json.loads(target.read_text())
+        record = target.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not signed (no {target.name} beside it), but only files signed with key "
-                          f"{expected} are accepted; sign with the matching private key (okcell.key)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        record = None
+    except OSError as exc:
         raise ConfigError(f"{target}: not a readable signature file ({exc})") from None
-    if not isinstance(record, dict) or record.get("algorithm") != ALGORITHM or not isinstance(record.get("signature"), str):
-        raise ConfigError(f"{target}: not an okcell signature file (expected JSON with algorithm '{ALGORITHM}', "
-                          "key_id and signature)")
-    if record.get("key_id") != expected:
-        raise ConfigError(f"{target}: signed with key {record.get('key_id')!r}, but only key {expected} is accepted")
+    return verify_signature(path.read_bytes() if content is None else content, record, key, str(path), str(target),
+                            target.name)
+
+
+def signer_key_id(record: bytes) -> str | None:
+    """The key id a signature file names (unchecked), or None if it is not a signature file."""
     try:
-        key.verify(base64.b64decode(record["signature"], validate=True), path.read_bytes() if content is None else content)
+        data = json.loads(record)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data.get("key_id") if isinstance(data, dict) and isinstance(data.get("key_id"), str) else None
+
+
+def verify_signature(content: bytes, record: bytes | None, key: Ed25519PublicKey, where: str, signature_where: str,
+                     signature_name: str) -> str:
+    """Check ``content`` (named ``where`` in errors) against the signature file bytes ``record`` (named
+    ``signature_where``, file name ``signature_name``; None when there is none); returns the key id. ConfigError
+    naming both on any fault."""
+    expected = key_id(key)
+    if record is None:
+        raise ConfigError(f"{where}: not signed (no {signature_name} beside it), but only files signed with key "
+                          f"{expected} are accepted; sign with the matching private key (okcell.key)")
+    try:
+        data = json.loads(record)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{signature_where}: not a readable signature file ({exc})") from None
+    if not isinstance(data, dict) or data.get("algorithm") != ALGORITHM or not isinstance(data.get("signature"), str):
+        raise ConfigError(f"{signature_where}: not an okcell signature file (expected JSON with algorithm "
+                          f"'{ALGORITHM}', key_id and signature)")
+    if data.get("key_id") != expected:
+        raise ConfigError(f"{signature_where}: signed with key {data.get('key_id')!r}, but only key {expected} is accepted")
+    try:
+        key.verify(base64.b64decode(data["signature"], validate=True), content)
     except (InvalidSignature, binascii.Error):
-        raise ConfigError(f"{path}: does not match its signature {target.name}: changed after signing "
+        raise ConfigError(f"{where}: does not match its signature {signature_name}: changed after signing "
                           "(or the signature was altered)") from None
     return expected

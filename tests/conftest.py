@@ -2,3 +2,4 @@
 
 from fixture_model import exported_model, model, sidecar  # noqa: F401
 from fixture_recipe import demo_images, demo_recipe, recipe_copy  # noqa: F401
+from fixture_bundle import staged  # noqa: F401

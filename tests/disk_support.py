@@ -14,10 +14,12 @@ import pytest
 
 
 @contextmanager
-def small_disk(path: Path, size_kb: int) -> Iterator[Path]:
-    """A tmpfs of ``size_kb`` mounted at ``path`` (skips the test where mounting is not permitted)."""
+def small_disk(path: Path, size_kb: int, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of ``size_kb`` (and at most ``inodes`` files and folders) mounted at ``path`` (skips the test where
+    mounting is not permitted)."""
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+    options = f"size={size_kb}k" + (f",nr_inodes={inodes}" if inodes is not None else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs at {path} (needs root): {done.stderr.strip()}")

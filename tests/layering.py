@@ -12,9 +12,10 @@ from pathlib import Path
 import networkx as nx
 
 LAYERS = ("okcell", "export", "calibration", "edge")
-EDGE_LAYERS = (("acquisition", "backends"), ("runtime",), ("opcua",), ("bench", "cli"))
+EDGE_LAYERS = (("acquisition", "backends"), ("runtime",), ("opcua",), ("deploy",), ("bench", "cli"))
 """Inside ``edge``, lowest first: sources and backends, the runtime (service, inspector, config, archive), the OPC UA
-adapter that drives the runtime, then the commands. ``edge``'s own ``__init__`` counts as lowest."""
+adapter that drives the runtime, the release installer that checks releases with the runtime, then the commands.
+``edge``'s own ``__init__`` counts as lowest."""
 
 
 def module_name(root: Path, path: Path) -> str:

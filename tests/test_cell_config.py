@@ -121,3 +121,48 @@ def test_okcell_run_refuses_a_bad_config_before_starting(cell_dir, capsys):
     error = capsys.readouterr().err
     assert f"okcell run: error: {path}: archive.quota_mb must be a number, found 'lots'" in error
     assert not (cell_dir / "archive").exists(), "nothing is created before the config is valid"
+
+
+def release_setup(tmp_path: Path) -> tuple[Path, Path]:
+    """An installed release (releases/1/ with its own cell.yaml, model and recipe), ``current`` naming it, and the
+    device's cell.yaml in etc/ naming ``current``."""
+    releases = tmp_path / "releases"
+    release = releases / "1"
+    (release / "model").mkdir(parents=True)
+    (release / "model" / "model.onnx").write_bytes(b"onnx")
+    (release / "recipes" / "r").mkdir(parents=True)
+    (release / "cell.yaml").write_text(yaml.safe_dump({
+        "model": {"onnx": "model/model.onnx", "backend": "onnxruntime"}, "recipe": "recipes/r",
+        "replay": {"images": "/no/such/release/images"}, "trigger": {"mode": "software", "timeout_s": 3.0}}))
+    (releases / "current").symlink_to("1")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "images").mkdir()
+    device = tmp_path / "etc" / "cell.yaml"
+    device.write_text(yaml.safe_dump({"release": "../releases/current", "name": "press-7",
+                                      "replay": {"images": "../images"}}))
+    return device, release
+
+
+def test_release_gives_model_and_recipe_and_the_device_file_the_rest(tmp_path: Path):
+    device, release = release_setup(tmp_path)
+    config = load_cell_config(device)
+    assert config.release == release.resolve()  # `current` is followed once, at load
+    assert config.model.onnx == release.resolve() / "model" / "model.onnx" and config.model.backend == "onnxruntime"
+    assert config.recipe == release.resolve() / "recipes" / "r"
+    assert config.name == "press-7" and config.trigger.timeout_s == 3.0  # the device's name, the release's trigger
+    assert config.replay is not None and config.replay.images == [device.parent / "../images"]  # the device's replay
+
+
+def test_release_errors_name_the_file(tmp_path: Path):
+    device, release = release_setup(tmp_path)
+    (release / "cell.yaml").write_text(yaml.safe_dump({"model": {"onnx": "model/model.onnx", "threads": "two"},
+                                                       "recipe": "recipes/r"}))
+    with pytest.raises(ConfigError, match=rf"{release.resolve() / 'cell.yaml'}: model\.threads must be an integer"):
+        load_cell_config(device)
+    device.write_text(yaml.safe_dump({"release": "../releases/current", "recipe": "/elsewhere"}))
+    with pytest.raises(ConfigError, match=rf"{device}: recipe come\(s\) from the release named by 'release:'"):
+        load_cell_config(device)
+    (tmp_path / "releases" / "current").unlink()
+    device.write_text(yaml.safe_dump({"release": "../releases/current"}))
+    with pytest.raises(ConfigError, match=r"release: release folder .* not found \(no release installed yet\?"):
+        load_cell_config(device)

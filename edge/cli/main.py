@@ -15,13 +15,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-engine": ("edge.cli.build_engine", "ONNX -> TensorRT engine on this machine (FP16/INT8)"),
     "demo-data": ("edge.cli.demo_data", "make OK/NOK demo parts from scikit-image textures"),
     "synthesize": ("edge.cli.synthesize", "make synthetic defective parts from OK images"),
-    "keygen": ("edge.cli.keygen", "make an ed25519 key pair for signed recipes"),
+    "keygen": ("edge.cli.keygen", "make an ed25519 key pair for signed recipes and bundles"),
     "calibrate": ("edge.cli.calibrate", "build a recipe: reference index, thresholds, report"),
     "inspect": ("edge.cli.inspect_images", "inspect image files with a recipe"),
     "evaluate": ("edge.cli.evaluate", "accuracy on a data set with known defects: calibrate, inspect, report"),
     "bench": ("edge.cli.bench", "measure p50/p99 and peak memory"),
     "cameras": ("edge.cli.cameras", "list GenICam cameras and their main features"),
     "run": ("edge.cli.run", "run the inspection cell from a config file"),
+    "bundle": ("edge.cli.bundle", "release bundles: create, inspect, install (with self-test and rollback), list"),
 }
 
 

@@ -1,7 +1,13 @@
 """``cell.yaml``: the configuration of one running cell, validated on load.
 
 Every error is a :class:`~okcell.schema.ConfigError` naming the file and the key (``camera.num_buffers``) and what
-was expected. Relative paths are resolved against the folder of the config file. See ``docs/cell.md``."""
+was expected. Relative paths are resolved against the folder of the file that gives them.
+
+``release: DIR`` (an installed release, ``okcell bundle install``) takes the configuration from ``DIR/cell.yaml``;
+every other top-level key of this file replaces the release's key of the same name (per-device camera, OPC UA,
+name), and ``model`` and ``recipe`` come only from the release. ``DIR`` is resolved once (``current`` is a symbolic
+link that an install switches), so a running cell keeps the files of the release it started with. See
+``docs/cell.md``."""
 
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from okcell.schema import ConfigError, read_yaml, require_keys
 from okcell.names import BACKENDS, CELL_STAGES
 
 SYNC_MODES = ("normal", "full")
+RELEASE_CONFIG = "cell.yaml"  # a release's own cell configuration, in the release folder
+RELEASE_ONLY_KEYS = ("model", "recipe")  # keys a device file that names a release may not give
 
 
 @dataclass
@@ -76,17 +84,51 @@ class CellConfig:
     opcua: OpcUaConfig | None = None
     queue_depth: int = 4
     recipe_public_key: Path | None = None  # only recipes signed with its private key load
+    release: Path | None = None  # the release folder the configuration came from (``release:``), resolved
 
 
-def load_cell_config(path: Path | str) -> CellConfig:
-    """Read and validate ``cell.yaml``; raises ConfigError naming the file and key."""
+def load_cell_config(path: Path | str, release: Path | None = None) -> CellConfig:
+    """Read and validate ``cell.yaml``; raises ConfigError naming the file and key. ``release`` replaces the file's
+    ``release:`` folder (an installer checks a release before switching to it)."""
     path = Path(path)
     data = read_yaml(path, missing="cell config not found")
-    return parse_cell_config(data, path)
+    if release is None and not (isinstance(data, Mapping) and "release" in data):
+        return parse_cell_config(data, path)
+    return _with_release(data, path, release)
 
 
-def parse_cell_config(data: Any, path: Path) -> CellConfig:
+def _with_release(data: Any, path: Path, override: Path | None) -> CellConfig:
+    """The release's ``cell.yaml`` with this file's other keys laid over it (see the module docstring)."""
     reader = _Reader(data, path, "")
+    if "release" not in reader.data:
+        raise ConfigError(f"{path}: has no 'release:' key, so a release installed under it would never be used; "
+                          "set release: /var/lib/okcell/releases/current")
+    given = [key for key in RELEASE_ONLY_KEYS if key in reader.data]
+    if given:
+        raise ConfigError(f"{path}: {', '.join(given)} come(s) from the release named by 'release:'; remove "
+                          f"{', '.join(given)} here (or drop 'release:' to configure the cell without releases)")
+    folder = override or reader.path("release", must_exist=None)
+    if not folder.is_dir():
+        raise ConfigError(f"{reader.where('release')}: release folder {folder} not found (no release installed yet? "
+                          "install one with `okcell bundle install BUNDLE`)")
+    folder = folder.resolve()
+    release_file = folder / RELEASE_CONFIG
+    release_data = read_yaml(release_file, missing="the release's cell configuration not found")
+    if not isinstance(release_data, Mapping):
+        raise ConfigError(f"{release_file}: top level must be a mapping, found {type(release_data).__name__}")
+    if "release" in release_data:
+        raise ConfigError(f"{release_file}: a release's cell.yaml cannot name another release ('release:')")
+    device = {key: value for key, value in reader.data.items() if key != "release"}
+    origins = {key: release_file for key in release_data if key not in device}
+    config = parse_cell_config({**release_data, **device}, path, origins)
+    config.release = folder
+    return config
+
+
+def parse_cell_config(data: Any, path: Path, origins: Mapping[str, Path] | None = None) -> CellConfig:
+    """Validate the mapping ``data`` read from ``path``; ``origins`` names the file of top-level keys taken from
+    another file (their errors name it and their relative paths resolve against its folder)."""
+    reader = _Reader(data, path, "", origins)
     reader.keys({"model", "recipe"}, {"name", "state_dir", "camera", "replay", "trigger", "archive", "watchdog", "opcua",
                                       "queue_depth", "recipe_public_key"})
     if "state_dir" in reader.data:
@@ -153,7 +195,7 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
         archive=archive_config,
         watchdog=watchdog_config,
         state_dir=state_dir,
-        opcua=parse_opcua_config(data.get("opcua"), path, state_dir),
+        opcua=parse_opcua_config(data.get("opcua"), reader.origin("opcua"), state_dir),
         camera=camera,
         replay=replay,
         queue_depth=reader.number("queue_depth", int, 4, minimum=1),
@@ -228,15 +270,19 @@ def _replay(replay: "_Reader") -> ReplayConfig:
 class _Reader:
     """Typed access to one mapping of the config, naming ``file: prefix.key`` in errors."""
 
-    def __init__(self, data: Any, file: Path, prefix: str) -> None:
-        self.file, self.prefix = file, prefix
+    def __init__(self, data: Any, file: Path, prefix: str, origins: Mapping[str, Path] | None = None) -> None:
+        self.file, self.prefix, self.origins = file, prefix, origins or {}
         if not isinstance(data, Mapping):
             where = f"section '{prefix.rstrip('.')}'" if prefix else "top level"
             raise ConfigError(f"{file}: {where} must be a mapping, found {type(data).__name__}")
         self.data = data
 
+    def origin(self, key: str) -> Path:
+        """The file ``key`` was read from."""
+        return self.origins.get(key, self.file)
+
     def where(self, key: str) -> str:
-        return f"{self.file}: {self.prefix}{key}"
+        return f"{self.origin(key)}: {self.prefix}{key}"
 
     def keys(self, required: set[str], optional: set[str]) -> None:
         missing = sorted(required - set(self.data))
@@ -250,17 +296,17 @@ class _Reader:
             )
 
     def section(self, key: str, default: Any = None) -> "_Reader":
-        return _Reader(self.data.get(key, default), self.file, f"{self.prefix}{key}.")
+        return _Reader(self.data.get(key, default), self.origin(key), f"{self.prefix}{key}.")
 
-    def resolve(self, value: str) -> Path:
+    def resolve(self, value: str, relative_to: Path | None = None) -> Path:
         p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.file.parent / p)
+        return p if p.is_absolute() else ((relative_to or self.file).parent / p)
 
     def path(self, key: str, must_exist: str | None) -> Path:
         value = self.data.get(key)
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{self.where(key)} must be a path (string), found {value!r}")
-        p = self.resolve(value)
+        p = self.resolve(value, self.origin(key))
         if must_exist == "file" and not p.is_file():
             raise ConfigError(f"{self.where(key)}: file {p} not found")
         if must_exist == "dir" and not p.is_dir():
