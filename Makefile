@@ -26,7 +26,8 @@ typecheck: venv
 test: typecheck
 	$(BIN)/python -m pytest
 
-# patch tokens from block 9 of 12: local features, so heatmaps mark the defect (the last block mixes in global context)
+# patch tokens from block 9 of 12, the export default: local features, so heatmaps mark the defect (the last block
+# mixes in global context); benchmarks/accuracy.md measures the blocks on real parts
 DEMO_LAYERS ?= 9
 DEMO_MODEL := demo-models/dinov2_vits14_$(DEMO_SIZE).onnx
 
