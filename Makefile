@@ -23,7 +23,16 @@ typecheck: venv
 	$(BIN)/python stubs/tensorrt_fixed.py build/typestubs
 	$(BIN)/python -m mypy
 
-test: typecheck
+# the independent OPC UA test client (node-opcua, pinned by tests/opcua_node/package-lock.json): npm ci when
+# node_modules is missing or the lock file changed
+NODE_PROBE := tests/opcua_node
+NODE_STAMP := $(NODE_PROBE)/node_modules/.okcell-installed
+
+$(NODE_STAMP): $(NODE_PROBE)/package.json $(NODE_PROBE)/package-lock.json
+	cd $(NODE_PROBE) && npm ci --no-audit --no-fund
+	touch $@
+
+test: typecheck $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
 # patch tokens from block 9 of 12, the export default: local features, so heatmaps mark the defect (the last block

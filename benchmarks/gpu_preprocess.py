@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import sys
 import time
 from typing import Any, Callable
@@ -23,6 +22,7 @@ import numpy as np
 import skimage.data
 
 from edge.backends.gpu_preprocess import BLOCK, KERNEL_NAMES, KERNEL_SOURCE, kernel_args
+from okcell.memory import peak_rss_mb
 from okcell.preprocess import Preprocessor
 from okcell.sidecar import ModelSidecar
 
@@ -179,7 +179,7 @@ def main() -> int:
                 close()
     summary = {
         "runtime": args.runtime, "device": device_name, "tolerance": TOLERANCE, "max_abs_error": worst,
-        "passed": worst <= TOLERANCE, "peak_host_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "passed": worst <= TOLERANCE, "peak_host_rss_mib": round(peak_rss_mb(), 1),
         "rows": rows,
     }
     if args.runtime == "pycuda":

@@ -18,6 +18,8 @@ from pathlib import Path
 from edge.bench.cell import viky_cell_yaml
 from edge.runtime.cell_config import load_cell_config
 from edge.runtime.service import CellService
+from okcell.memory import rss_mb
+from okcell.progress import Progress
 
 GROWTH_LIMIT_PERCENT = 5.0
 BATCH = 20  # triggers in flight at a time
@@ -38,34 +40,23 @@ class SoakReport:
         return 100.0 * (self.rss_end_mib - self.rss_after_warmup_mib) / self.rss_after_warmup_mib
 
 
-def rss_mib() -> float:
-    """Current resident set size of this process (VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def soak(config_path: Path, cycles: int, warmup: int, progress: bool = True) -> SoakReport:
+def soak(config_path: Path, cycles: int, warmup: int) -> SoakReport:
     """Run ``warmup`` + ``cycles`` software triggers through a cell; every trigger must get its result."""
     service = CellService(load_cell_config(config_path))
     service.startup()
     started = time.monotonic()
     try:
         _trigger(service, warmup, "warmup")
-        baseline = rss_mib()
+        baseline = rss_mb()
         service.timings = type(service.timings)(size=cycles)
-        done = 0
-        while done < cycles:
-            _trigger(service, min(BATCH, cycles - done), "soak")
-            done += min(BATCH, cycles - done)
-            if progress:
-                print(f"\rsoak: {done}/{cycles} cycles, RSS {rss_mib():.0f} MiB", end="", file=sys.stderr, flush=True)
-        end = rss_mib()
+        with Progress("soak", cycles, "cycles") as progress:
+            while progress.done < cycles:
+                batch = min(BATCH, cycles - progress.done)
+                _trigger(service, batch, "soak")
+                progress.advance(batch, f"RSS {rss_mb():.0f} MiB")
+        end = rss_mb()
     finally:
         service.shutdown()
-    if progress:
-        print(file=sys.stderr)
     return SoakReport(cycles, baseline, end, service.counts["ERROR"], service.timings.percentile("cycle", 50) or 0.0,
                       service.timings.percentile("cycle", 99) or 0.0, time.monotonic() - started)
 

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import resource
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from okcell import __version__
 from okcell import recipe as recipe_files
@@ -23,17 +22,21 @@ from okcell.bank_index import IndexParams, build_index
 from calibration.augment import SWAPS_SIDES
 from calibration.coreset import SequentialCoreset
 from calibration.ef_tuning import EfTuning, tune_ef
+from okcell.bank_index import MAX_EF
 from calibration.reference_features import FeatureCache, ReferenceFormat, extract_images
 from okcell.frames import foreground_patches, score_crop
 from okcell.labelled import LabelledEmbeddings
+from okcell.memory import peak_rss_mb
+from okcell.progress import Progress
 from calibration.report import write_report
 from calibration.thresholds import Risk, assess, assign_folds
 from okcell.extractor import FeatureExtractor
 from okcell.images import ImageError, list_images
 from okcell.masking import ImageMask, Mask, NoMask, PcaMask
 from okcell.roi import Roi
-from okcell.scoring import PatchScorer, check_aggregation
+from okcell.scoring import DECISION_RULE, PatchScorer, check_aggregation
 from okcell.schema import ConfigError, sha256_file
+from okcell.signing import key_id, sign_file
 from okcell.sizing import Sizing, stretch_warning
 
 DEFAULT_MAX_BANK = 100_000
@@ -75,6 +78,8 @@ class CalibrationSettings:
             raise ConfigError(f"--k {self.k} / --label-k {self.label_k}: must be at least 1")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ConfigError(f"--coreset-ratio {self.coreset_ratio}: expected a fraction in (0, 1], e.g. 0.1")
+        if self.index.ef > MAX_EF:
+            raise ConfigError(f"--hnsw-ef {self.index.ef}: at most {MAX_EF} (calibration raises it as far as needed)")
         if self.max_bank < self.folds:
             raise ConfigError(f"--max-bank {self.max_bank}: must be at least the number of folds ({self.folds})")
         try:
@@ -109,6 +114,7 @@ class CalibrationSummary:
     bank_size: int
     peak_rss_mb: float
     nearest_label_agreement: dict[str, float]  # per labelled folder: share whose kNN vote (itself left out) is its label
+    signed_by: str | None = None  # id of the key that signed the manifest
 
 
 def _images(folder: Path, what: str) -> list[Path]:
@@ -142,11 +148,6 @@ def labelled_folders(folders: tuple[Path, ...], what: str, prefix: str = "") -> 
     return result
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _say(message: str) -> None:
     print(f"calibrate: {message}", file=sys.stderr, flush=True)
 
@@ -155,14 +156,16 @@ def _fold_coresets(cache: FeatureCache, fold_of: np.ndarray, mask: Mask, setting
     """One running coreset per fold (its references' foreground patches, augmented copies included), fed chunk
     by chunk from the cache; their union is the final bank."""
     coresets = []
-    started = time.perf_counter()
-    for fold in range(settings.folds):
-        coreset = SequentialCoreset(cache.feature_dim, settings.coreset_ratio, settings.max_bank // settings.folds, seed=settings.seed)
-        rows = cache.rows(np.flatnonzero(fold_of == fold))
-        for start in range(0, len(rows), settings.chunk_images):
-            coreset.add(np.concatenate([foreground_patches(cache.crop(row), mask) for row in rows[start : start + settings.chunk_images]]))
-        coresets.append(coreset)
-        _say(f"fold {fold + 1}/{settings.folds}: coreset of {len(coreset)} from {coreset.patches_seen} patches ({time.perf_counter() - started:.1f} s)")
+    with Progress("coreset", len(fold_of), "images") as progress:
+        for fold in range(settings.folds):
+            coreset = SequentialCoreset(cache.feature_dim, settings.coreset_ratio, settings.max_bank // settings.folds, seed=settings.seed)
+            rows = cache.rows(np.flatnonzero(fold_of == fold))
+            for start in range(0, len(rows), settings.chunk_images):
+                chunk = rows[start : start + settings.chunk_images]
+                coreset.add(np.concatenate([foreground_patches(cache.crop(row), mask) for row in chunk]))
+                progress.advance(len(chunk))
+            coresets.append(coreset)
+            progress.note(f"fold {fold + 1}/{settings.folds}: coreset of {len(coreset)} from {coreset.patches_seen} patches")
     return coresets
 
 
@@ -185,13 +188,15 @@ def _tuned_settings(cache: FeatureCache, fold_of: np.ndarray, coresets: list[Seq
 def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[SequentialCoreset], mask: Mask, settings: CalibrationSettings) -> np.ndarray:
     """Score of each reference (originals only) against the bank of the other folds."""
     scores = np.empty(len(fold_of), dtype=np.float64)
-    for fold in range(settings.folds):
-        bank = np.concatenate([c.features for i, c in enumerate(coresets) if i != fold])
-        scorer = _scorer(bank, settings)
-        rows = cache.rows(np.flatnonzero(fold_of == fold), originals_only=True)
-        for row in rows:
-            scores[cache.sources[row]] = score_crop(cache.crop(row), mask, scorer, settings.aggregation).score
-        _say(f"fold {fold + 1}/{settings.folds}: {len(rows)} held-out OK images scored against a bank of {len(bank)}")
+    with Progress("held-out scores", len(fold_of), "images") as progress:
+        for fold in range(settings.folds):
+            bank = np.concatenate([c.features for i, c in enumerate(coresets) if i != fold])
+            scorer = _scorer(bank, settings)
+            rows = cache.rows(np.flatnonzero(fold_of == fold), originals_only=True)
+            for row in rows:
+                scores[cache.sources[row]] = score_crop(cache.crop(row), mask, scorer, settings.aggregation).score
+                progress.advance()
+            progress.note(f"fold {fold + 1}/{settings.folds}: {len(rows)} held-out OK images scored against a bank of {len(bank)}")
     return scores
 
 
@@ -224,8 +229,10 @@ def _save_mask(mask: Mask, staging: Path) -> dict[str, Any]:
     return {"mode": mask.mode, "file": name, "sha256": sha256_file(staging / name)}
 
 
-def calibrate(extractor: FeatureExtractor, model_path: Path, settings: CalibrationSettings, out: Path, force: bool = False) -> CalibrationSummary:
-    """Build the recipe at ``out`` (see module doc). Nothing at ``out`` changes unless the whole recipe is complete."""
+def calibrate(extractor: FeatureExtractor, model_path: Path, settings: CalibrationSettings, out: Path, force: bool = False,
+              signing_key: Ed25519PrivateKey | None = None) -> CalibrationSummary:
+    """Build the recipe at ``out`` (see module doc), its manifest signed with ``signing_key`` if given. Nothing at
+    ``out`` changes unless the whole recipe is complete."""
     settings.validate()
     sidecar = extractor.sidecar
     recipe_files.check_destination(out, force)
@@ -305,7 +312,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
                 "crop_sizes": [list(map(min, zip(*sizes))), list(map(max, zip(*sizes)))],
             },
             "scoring": {"k": settings.k, "aggregation": settings.aggregation, "mask": mask_entry,
-                        "decision": "NOK if image score > threshold"},
+                        "decision": DECISION_RULE},
             "bank": {
                 "file": recipe_files.BANK_FILE,
                 "sha256": sha256_file(staging / recipe_files.BANK_FILE),
@@ -326,6 +333,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             "calibration": {
                 "ok_images": len(ok_paths),
                 "folds": settings.folds,
+                "ok_score_range": [float(ok_scores.min()), float(ok_scores.max())],  # the threshold lies within
                 "augment": list(settings.augment),
                 "nok_images": {name: len(paths) for name, paths in nok_groups},
                 "synthetic_images": {name: len(paths) for name, paths in synthetic_groups},
@@ -342,9 +350,12 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             f"{settings.folds}-fold held-out" + (f"; bank + {', '.join(settings.augment)}" if settings.augment else ""),
         ]
         write_report(staging / recipe_files.REPORT_FILE, ok_scores, nok_scores, risk, header)
+        if signing_key is not None:
+            sign_file(staging / recipe_files.MANIFEST_FILE, signing_key)
         recipe_files.publish(staging, out, force)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return CalibrationSummary(out, manifest, risk, bank_size, peak_rss_mb(), agreement)
+    signed_by = None if signing_key is None else key_id(signing_key.public_key())
+    return CalibrationSummary(out, manifest, risk, bank_size, peak_rss_mb(), agreement, signed_by)
 

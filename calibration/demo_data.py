@@ -21,15 +21,14 @@ this set is easier than a real line, where every part is a new physical object.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 
 from calibration.synthetic import DEFECT_KINDS, add_defect, prepare_output_folder, write_png
+from okcell.progress import Progress
 from okcell.schema import ConfigError
 
 # part type -> (RGB tint of the grey photo, texture pasted as foreign contamination)
@@ -91,9 +90,9 @@ def write_demo_set(
     size: int = 256,
     counts: DemoCounts = DemoCounts(),
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Write the demo set (see module doc) and return its manifest. Same arguments -> same pixels."""
+    """Write the demo set (see module doc) and return its manifest, with progress on stderr. Same arguments -> same
+    pixels."""
     out_dir = Path(out_dir)
     if size < 64:
         raise ConfigError(f"part size must be at least 64 px, found {size}")
@@ -106,23 +105,23 @@ def write_demo_set(
     jobs += [("holdout", kind, i) for kind in DEFECT_KINDS for i in range(counts.holdout_nok_per_defect)]
     examples: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {kind: [] for kind in DEFECT_KINDS}
     defect_area: list[float] = []
-    for done, (split, kind, index) in enumerate(jobs):
-        stream = SPLIT_SEEDS[split if split != "holdout" else ("holdout_ok" if kind is None else "holdout_nok")]
-        kind_index = DEFECT_KINDS.index(kind) if kind else 0
-        rng = np.random.default_rng([seed, stream, kind_index, index])
-        image = make_part(photo, size, rng)
-        if kind is None:
-            write_png(out_dir / split / "ok" / f"ok_{index:03d}.png", image)
-        else:
-            defect = add_defect(image, kind, rng, foreign)
-            name = f"{kind}_{index:03d}.png"
-            write_png(out_dir / split / "nok" / kind / name, defect.image)
-            write_png(out_dir / "masks" / split / kind / name, defect.mask)
-            defect_area.append(float((defect.mask > 0).mean()))
-            if len(examples[kind]) < 4:
-                examples[kind].append((defect.image, defect.mask))
-        if progress:
-            progress(done + 1, len(jobs))
+    with Progress("demo-data", len(jobs), "images") as progress:
+        for split, kind, index in jobs:
+            stream = SPLIT_SEEDS[split if split != "holdout" else ("holdout_ok" if kind is None else "holdout_nok")]
+            kind_index = DEFECT_KINDS.index(kind) if kind else 0
+            rng = np.random.default_rng([seed, stream, kind_index, index])
+            image = make_part(photo, size, rng)
+            if kind is None:
+                write_png(out_dir / split / "ok" / f"ok_{index:03d}.png", image)
+            else:
+                defect = add_defect(image, kind, rng, foreign)
+                name = f"{kind}_{index:03d}.png"
+                write_png(out_dir / split / "nok" / kind / name, defect.image)
+                write_png(out_dir / "masks" / split / kind / name, defect.mask)
+                defect_area.append(float((defect.mask > 0).mean()))
+                if len(examples[kind]) < 4:
+                    examples[kind].append((defect.image, defect.mask))
+            progress.advance()
     write_png(out_dir / "preview.png", _preview(examples))
     manifest = {
         "generator": "okcell demo-data",
@@ -162,16 +161,3 @@ def _preview(examples: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> np.nda
     width = max(r.shape[1] for r in rows) if rows else 1
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     return np.concatenate(rows, axis=0) if rows else np.zeros((1, 1, 3), np.uint8)
-
-
-def stderr_progress(label: str) -> Callable[[int, int], None]:
-    """A progress counter on stderr: one updating line on a terminal, a line per ~10 % in logs."""
-    interactive = sys.stderr.isatty()
-
-    def show(done: int, total: int) -> None:
-        if interactive:
-            print(f"\r{label}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
-        elif done == total or done % max(1, total // 10) == 0:
-            print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
-
-    return show

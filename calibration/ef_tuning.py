@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from okcell.bank_index import MAX_EF
 from okcell.scoring import ExactPatchScorer, PatchScorer
 
 DEFAULT_TOLERANCE = 0.005
-MAX_EF = 2048
 
 
 @dataclass(frozen=True)

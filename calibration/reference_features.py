@@ -4,9 +4,7 @@ recipe's sizing rule (images may differ in size), extract in chunks."""
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -17,6 +15,7 @@ from calibration.augment import augmented
 from okcell.extractor import FeatureExtractor
 from okcell.frames import CropFeatures, extract_crops
 from okcell.images import ImageError, read_image
+from okcell.progress import Progress
 from okcell.roi import Roi
 from okcell.schema import ConfigError
 from okcell.sizing import Sizing
@@ -67,30 +66,6 @@ def _read(path: Path, roi: Roi | None) -> np.ndarray:
         raise ConfigError(f"{exc}{detail}") from None
 
 
-class Progress:
-    """Progress on stderr, ``label: done/total images, N images/s``: one updating line on a terminal,
-    a line per ~10 % in logs."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self.done = label, total, 0
-        self.started = time.perf_counter()
-        self.interactive = sys.stderr.isatty()
-        self._step = max(1, total // 10)
-
-    def advance(self, count: int) -> None:
-        before, self.done = self.done, self.done + count
-        finished = self.done >= self.total
-        if not (self.interactive or finished or before // self._step != self.done // self._step):
-            return
-        elapsed = time.perf_counter() - self.started
-        line = f"{self.label}: {self.done}/{self.total} images, {self.done / max(elapsed, 1e-9):.1f} images/s"
-        if self.interactive:
-            sys.stderr.write(f"\r{line}" + ("\n" if finished else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
 def extract_images(
     extractor: FeatureExtractor,
     paths: Sequence[Path],
@@ -102,17 +77,17 @@ def extract_images(
 ) -> Iterator[tuple[Sequence[Path], list[list[CropFeatures]]]]:
     """Yield (paths, per path [its crop's features, then each ``augment`` copy's]) batch by batch; only one batch
     of images is in memory at a time."""
-    progress = Progress(label, len(paths))
-    for start in range(0, len(paths), batch_size):
-        batch = paths[start : start + batch_size]
-        crops = []
-        for path in batch:
-            crop = reference.load(path)
-            crops += [crop, *augmented(crop, augment)]
-        features = extract_crops(extractor, crops, sizing)
-        per_image = 1 + len(augment)
-        progress.advance(len(batch))
-        yield batch, [features[i : i + per_image] for i in range(0, len(features), per_image)]
+    per_image = 1 + len(augment)
+    with Progress(label, len(paths), "images") as progress:
+        for start in range(0, len(paths), batch_size):
+            batch = paths[start : start + batch_size]
+            crops = []
+            for path in batch:
+                crop = reference.load(path)
+                crops += [crop, *augmented(crop, augment)]
+            features = extract_crops(extractor, crops, sizing)
+            progress.advance(len(batch))
+            yield batch, [features[i : i + per_image] for i in range(0, len(features), per_image)]
 
 
 class FeatureCache:

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from okcell.images import IMAGE_SUFFIXES, ImageError, read_image
+from okcell.progress import Progress
 from okcell.schema import ConfigError
 
 DEFECT_KINDS = ("scratch", "stain", "hole", "contamination")
@@ -320,10 +321,9 @@ def synthesize_folder(
     kinds: Sequence[str],
     count: int,
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Write ``count`` defective copies per kind of the OK images under ``source`` to
-    ``out_dir/nok/<kind>/`` with masks in ``out_dir/masks/<kind>/``; returns the manifest."""
+    ``out_dir/nok/<kind>/`` with masks in ``out_dir/masks/<kind>/``, with progress on stderr; returns the manifest."""
     source, out_dir = Path(source), Path(out_dir)
     if count < 1:
         raise ConfigError(f"--count must be at least 1, found {count}")
@@ -340,16 +340,16 @@ def synthesize_folder(
             raise ConfigError(str(exc)) from None
     prepare_output_folder(out_dir, MANIFEST_NAME, ("nok", "masks"))
     total = len(kinds) * count
-    for done, (kind, index) in enumerate((k, i) for k in kinds for i in range(count)):
-        rng = np.random.default_rng([seed, DEFECT_KINDS.index(kind), index])
-        which = int(rng.integers(len(images)))
-        other = images[int(rng.integers(len(images)))]
-        defect = add_defect(images[which], kind, rng, foreign=None if other is images[which] else _shuffled(other, rng))
-        name = f"{files[which].stem}_{kind}_{index:03d}.png"
-        write_png(out_dir / "nok" / kind / name, defect.image)
-        write_png(out_dir / "masks" / kind / name, defect.mask)
-        if progress:
-            progress(done + 1, total)
+    with Progress("synthesize", total, "images") as progress:
+        for kind, index in ((k, i) for k in kinds for i in range(count)):
+            rng = np.random.default_rng([seed, DEFECT_KINDS.index(kind), index])
+            which = int(rng.integers(len(images)))
+            other = images[int(rng.integers(len(images)))]
+            defect = add_defect(images[which], kind, rng, foreign=None if other is images[which] else _shuffled(other, rng))
+            name = f"{files[which].stem}_{kind}_{index:03d}.png"
+            write_png(out_dir / "nok" / kind / name, defect.image)
+            write_png(out_dir / "masks" / kind / name, defect.mask)
+            progress.advance()
     manifest = {"generator": "okcell synthesize", "source": str(source), "sources": len(files),
                 "kinds": list(kinds), "count_per_kind": count, "seed": seed, "images": total}
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -36,6 +36,11 @@ def _binomial_cdf(successes: int, trials: int, p: float) -> float:
     return min(1.0, math.exp(peak) * math.fsum(math.exp(t - peak) for t in terms))
 
 
+def chance_of_at_least(events: int, trials: int, p: float) -> float:
+    """P(X >= events) for X ~ Binomial(trials, p): how surprising ``events`` are if the true rate is ``p``."""
+    return 1.0 if events <= 0 else max(0.0, 1.0 - _binomial_cdf(events - 1, trials, p))
+
+
 def clopper_pearson_upper(events: int, trials: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
     """One-sided exact upper confidence bound on a rate after ``events`` in ``trials``.
 
@@ -79,6 +84,11 @@ class RateEstimate:
     @property
     def upper95(self) -> float:
         return clopper_pearson_upper(self.events, self.total)
+
+    @property
+    def lower95(self) -> float:
+        """One-sided 95 % lower bound (the upper bound of the complementary rate, mirrored)."""
+        return 1.0 - clopper_pearson_upper(self.total - self.events, self.total)
 
     def to_json(self) -> dict[str, Any]:
         return {"events": self.events, "total": self.total, "rate": self.rate, "upper95": self.upper95}
@@ -125,7 +135,7 @@ class Risk:
             "frr": self.false_rejects.to_json(),
             "escape": None if self.escapes is None else self.escapes.to_json(),
             "recall": {
-                name: {**est.to_json(), "lower95": 1.0 - clopper_pearson_upper(est.total - est.events, est.total)}
+                name: {**est.to_json(), "lower95": est.lower95}
                 for name, est in self.detected_per_defect.items()
             },
         }
@@ -133,8 +143,14 @@ class Risk:
 
 def assess(ok_scores: np.ndarray, nok_scores: dict[str, np.ndarray], target_frr: float) -> Risk:
     """Threshold for ``target_frr`` from held-out OK scores, and the rates it gives on OK and each NOK folder."""
-    threshold = choose_threshold(ok_scores, target_frr)
-    false_rejects = RateEstimate(int(np.sum(np.asarray(ok_scores) > threshold)), len(ok_scores))
+    return risk_at(choose_threshold(ok_scores, target_frr), ok_scores, nok_scores, target_frr)
+
+
+def risk_at(threshold: float, ok_scores: np.ndarray, nok_scores: dict[str, np.ndarray], target_frr: float) -> Risk:
+    """The rates a given ``threshold`` gives on OK scores and each NOK folder's scores."""
+    ok_scores = np.asarray(ok_scores, dtype=np.float64)
+    nok_scores = {name: np.asarray(s, dtype=np.float64) for name, s in nok_scores.items()}
+    false_rejects = RateEstimate(int(np.sum(ok_scores > threshold)), len(ok_scores))
     detected = {name: RateEstimate(int(np.sum(s > threshold)), len(s)) for name, s in nok_scores.items() if len(s)}
     total_nok = sum(est.total for est in detected.values())
     escapes = RateEstimate(total_nok - sum(est.events for est in detected.values()), total_nok) if total_nok else None

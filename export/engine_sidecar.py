@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from okcell import __version__
-from okcell.schema import ConfigError, read_json, require_keys, sha256_file, typed
+from okcell.schema import ConfigError, read_json, require_format, require_keys, sha256_file, typed
 
 ENGINE_SIDECAR_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -60,16 +60,13 @@ class EngineSidecar:
     @classmethod
     def load(cls, path: Path) -> "EngineSidecar":
         """Read and validate an engine sidecar; raises ConfigError naming the file and field."""
-        data = read_json(path, missing_hint="engine sidecar; engines are made by `okcell build-engine`")
+        data = read_json(path, missing="engine sidecar not found (engines are made by `okcell build-engine`)")
         required = {
             "engine_file", "engine_sha256", "onnx_file", "onnx_sha256", "tensorrt_version", "gpu_name",
             "compute_capability", "precision", "input_size", "batch", "built_at", "okcell_version", "format_version",
         }
         require_keys(data, required, {"build_options"}, path)
-        if typed(data, "format_version", int, path) != ENGINE_SIDECAR_FORMAT:
-            raise ConfigError(
-                f"{path}: field 'format_version' is {data['format_version']}, expected {ENGINE_SIDECAR_FORMAT}"
-            )
+        require_format(data, ENGINE_SIDECAR_FORMAT, path)
         for key in ("engine_file", "engine_sha256", "onnx_file", "onnx_sha256", "tensorrt_version", "gpu_name",
                     "built_at", "okcell_version"):
             typed(data, key, str, path)

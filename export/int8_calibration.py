@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from okcell.images import ImageError, list_images, read_image
 from okcell.preprocess import Preprocessor
+from okcell.progress import Progress
 from okcell.sidecar import ModelSidecar
 from okcell.schema import ConfigError
 
@@ -104,6 +104,7 @@ class CalibrationFeed:
         self._images = Path(images) if images is not None else None
         self._batches: CalibrationBatches | None = None
         self._iterator: Iterator[np.ndarray] | None = None
+        self._progress: Progress | None = None
         self.batches_served = 0
         if self._images is None and self.read_cache() is None:
             raise ConfigError(
@@ -142,15 +143,15 @@ class CalibrationFeed:
 
     def next_batch(self) -> np.ndarray | None:
         """The next preprocessed batch, or None when all are served. Shows progress on stderr."""
-        if self._iterator is None:
+        if self._iterator is None or self._progress is None:
             self._iterator = iter(self.batches)
+            self._progress = Progress("INT8 calibration", self.batches.num_batches, "batches")
         batch = next(self._iterator, None)
-        if batch is not None:
+        if batch is None:
+            self._progress.close()
+        else:
             self.batches_served += 1
-            print(
-                f"\rINT8 calibration: batch {self.batches_served}/{self.batches.num_batches}",
-                end="\n" if self.batches_served == self.batches.num_batches else "", file=sys.stderr, flush=True,
-            )
+            self._progress.advance()
         return batch
 
     def write_cache(self, data: bytes) -> None:

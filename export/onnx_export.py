@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.fusion import fuse_patch_tokens
+from okcell.progress import Progress
 from okcell.sidecar import ModelSidecar, sidecar_path_for
 from okcell.schema import ConfigError, sha256_file
 
@@ -199,10 +199,6 @@ def check_graph(onnx_path: Path, options: ExportOptions) -> dict[str, Any]:
     return {"opset": opset, "nodes": len(model.graph.node), "op_types": sorted(ops)}
 
 
-def progress(message: str) -> None:
-    print(f"okcell export: {message}", file=sys.stderr, flush=True)
-
-
 def remove_quietly(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -219,47 +215,48 @@ def export_model(source: "str | Path | LoadedBackbone", options: ExportOptions, 
     out = Path(out)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out {out}: expected a path ending in .onnx")
-    if isinstance(source, LoadedBackbone):
-        backbone = source
-    else:
-        progress(f"loading model source {source}")
-        backbone = load_backbone(source)
-    config = backbone.model.config
-    layers = check_options(options, int(config.patch_size), int(config.num_hidden_layers))
-    hidden = int(config.hidden_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.export-tmp"
-    remove_quietly(staging)
-    staging.mkdir()
-    try:
-        staged = staging / out.name
-        progress(f"tracing {options.size[0]}x{options.size[1]}, layers {list(layers)} ({options.fusion}), "
-                 f"opset {options.opset}, {'dynamic' if options.dynamic_batch else 'batch 1'}")
-        graph = FeatureGraph(backbone.model, options.size, layers, options.fusion).eval()
-        external = export_graph(graph, options.size, options, staged)
-        graph_info = check_graph(staged, options)
-        progress(f"graph: opset {graph_info['opset']}, {graph_info['nodes']} nodes, no Resize")
-        sidecar = ModelSidecar(
-            onnx_file=out.name, onnx_sha256="", input_size=options.size, patch_size=int(config.patch_size),
-            feature_dim=hidden * len(layers) if options.fusion == "concat" else hidden, embedding_dim=hidden,
-            layers=layers, layer_fusion=options.fusion, dynamic_batch=options.dynamic_batch, opset=graph_info["opset"],
-            model_source=backbone.source_info,
-        )
-        progress("checking parity with PyTorch on scikit-image photos")
-        extra: dict[str, Any] = {
-            "external_data": external, "op_types": graph_info["op_types"],
-            "parity": check_parity(staged, backbone.model, sidecar, progress),
-        }
-        data_files = sorted(p for p in staging.iterdir() if p.name != out.name)
-        if data_files:  # weights beside the graph (> 2 GiB models): record their hashes too
-            extra["external_data_files"] = {p.name: sha256_file(p) for p in data_files}
-        sidecar = replace(sidecar, onnx_sha256=sha256_file(staged), extra=extra)
-        for produced in sorted(staging.iterdir(), key=lambda p: p.name == out.name):  # the .onnx last
-            os.replace(produced, out.parent / produced.name)
-        sidecar_tmp = staging / "sidecar.json"
-        sidecar.save(sidecar_tmp)
-        os.replace(sidecar_tmp, sidecar_path_for(out))
-    finally:
+    with Progress("okcell export") as log:
+        if isinstance(source, LoadedBackbone):
+            backbone = source
+        else:
+            log.note(f"loading model source {source}")
+            backbone = load_backbone(source)
+        config = backbone.model.config
+        layers = check_options(options, int(config.patch_size), int(config.num_hidden_layers))
+        hidden = int(config.hidden_size)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = out.parent / f".{out.name}.export-tmp"
         remove_quietly(staging)
-    progress(f"wrote {out} and {sidecar_path_for(out).name} (sha256 {sidecar.onnx_sha256[:12]}…)")
+        staging.mkdir()
+        try:
+            staged = staging / out.name
+            log.note(f"tracing {options.size[0]}x{options.size[1]}, layers {list(layers)} ({options.fusion}), "
+                     f"opset {options.opset}, {'dynamic' if options.dynamic_batch else 'batch 1'}")
+            graph = FeatureGraph(backbone.model, options.size, layers, options.fusion).eval()
+            external = export_graph(graph, options.size, options, staged)
+            graph_info = check_graph(staged, options)
+            log.note(f"graph: opset {graph_info['opset']}, {graph_info['nodes']} nodes, no Resize")
+            sidecar = ModelSidecar(
+                onnx_file=out.name, onnx_sha256="", input_size=options.size, patch_size=int(config.patch_size),
+                feature_dim=hidden * len(layers) if options.fusion == "concat" else hidden, embedding_dim=hidden,
+                layers=layers, layer_fusion=options.fusion, dynamic_batch=options.dynamic_batch, opset=graph_info["opset"],
+                model_source=backbone.source_info,
+            )
+            log.note("checking parity with PyTorch on scikit-image photos")
+            extra: dict[str, Any] = {
+                "external_data": external, "op_types": graph_info["op_types"],
+                "parity": check_parity(staged, backbone.model, sidecar, log.note),
+            }
+            data_files = sorted(p for p in staging.iterdir() if p.name != out.name)
+            if data_files:  # weights beside the graph (> 2 GiB models): record their hashes too
+                extra["external_data_files"] = {p.name: sha256_file(p) for p in data_files}
+            sidecar = replace(sidecar, onnx_sha256=sha256_file(staged), extra=extra)
+            for produced in sorted(staging.iterdir(), key=lambda p: p.name == out.name):  # the .onnx last
+                os.replace(produced, out.parent / produced.name)
+            sidecar_tmp = staging / "sidecar.json"
+            sidecar.save(sidecar_tmp)
+            os.replace(sidecar_tmp, sidecar_path_for(out))
+        finally:
+            remove_quietly(staging)
+        log.note(f"wrote {out} and {sidecar_path_for(out).name} (sha256 {sidecar.onnx_sha256[:12]}…)")
     return sidecar

@@ -10,13 +10,13 @@ import dataclasses
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from export.engine_sidecar import PRECISIONS, EngineSidecar, current_target, engine_sidecar_path
+from okcell.progress import Progress
 from okcell.sidecar import ModelSidecar, load_verified
 from okcell.schema import ConfigError, sha256_file
 
@@ -113,25 +113,43 @@ def unsupported_report(onnx_path: Path, issues: Sequence[ParserIssue]) -> str:
     return "\n".join(lines)
 
 
-class ProgressPrinter:
-    """Build progress on stderr: TensorRT phases (IProgressMonitor) or, where that is missing, an elapsed-time line."""
+class BuildPhases:
+    """TensorRT's build phases (the IProgressMonitor calls) as okcell progress: one ``Progress`` per top-level phase,
+    its nested phases' steps shown as the detail of that line."""
 
-    def __init__(self, stream: Any = sys.stderr) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
-        self._lock = threading.Lock()
-        self._started = time.monotonic()
-        self._last_line = 0.0
+        self.steps: dict[str, int] = {}
+        self.parents: dict[str, str | None] = {}
+        self.shown: dict[str, Progress] = {}
 
-    def line(self, text: str, force: bool = False) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if force or now - self._last_line >= 0.5:
-                self._last_line = now
-                print(f"build-engine [{now - self._started:6.1f} s] {text}", file=self.stream, flush=True)
+    def start(self, phase: str, parent: str | None, num_steps: int) -> None:
+        self.steps[phase], self.parents[phase] = num_steps, parent
+        if parent is None:
+            self.shown[phase] = Progress(f"build-engine: {phase}", num_steps, "steps", stream=self.stream)
 
-    def heartbeat(self, stop: threading.Event) -> None:
-        while not stop.wait(10.0):
-            self.line("building (TensorRT measures kernels; this takes minutes on a Jetson)…", force=True)
+    def step(self, phase: str, step: int) -> None:
+        top = phase
+        while (parent := self.parents.get(top)) is not None:
+            top = parent
+        progress = self.shown.get(top)
+        if progress is None:
+            return
+        if top == phase:
+            progress.advance(step + 1 - progress.done)
+        else:
+            progress.advance(0, f"{phase} {step + 1}/{self.steps.get(phase, 0)}")
+
+    def finish(self, phase: str) -> None:
+        progress = self.shown.pop(phase, None)
+        if progress is not None:
+            progress.close()
+
+
+def _heartbeat(log: Progress, stop: threading.Event) -> None:
+    """Where TensorRT has no IProgressMonitor: a line every 10 s while the build runs."""
+    while not stop.wait(10.0):
+        log.note("building (TensorRT measures kernels; this takes minutes on a Jetson)…")
 
 
 def _logger() -> "trt.ILogger":
@@ -148,29 +166,22 @@ def _logger() -> "trt.ILogger":
     return BuildLogger()
 
 
-def _progress_monitor(printer: ProgressPrinter) -> "trt.IProgressMonitor":
+def _progress_monitor(phases: BuildPhases) -> "trt.IProgressMonitor":
     import tensorrt as trt
 
     class BuildProgress(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
-            self.steps: dict[str, int] = {}
-            self.parents: dict[str, str | None] = {}
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            self.steps[phase_name] = num_steps
-            self.parents[phase_name] = parent_phase
-            if parent_phase is None:
-                printer.line(f"{phase_name} ({num_steps} steps)", force=True)
+            phases.start(phase_name, parent_phase, num_steps)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            total = self.steps.get(phase_name, 0)
-            printer.line(f"{phase_name}: {step + 1}/{total}", force=step + 1 == total and self.parents.get(phase_name) is None)
+            phases.step(phase_name, step)
             return True  # never cancel
 
         def phase_finish(self, phase_name: str) -> None:
-            if self.parents.get(phase_name) is None:
-                printer.line(f"{phase_name} done", force=True)
+            phases.finish(phase_name)
 
     return BuildProgress()
 
@@ -220,8 +231,8 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions) -> E
     import tensorrt as trt
 
     target = current_target()
-    printer = ProgressPrinter()
-    printer.line(f"{onnx_path.name} -> {engine_path.name}: {options.precision}, {target.describe()}", force=True)
+    log = Progress("build-engine")
+    log.note(f"{onnx_path.name} -> {engine_path.name}: {options.precision}, {target.describe()}")
     logger = _logger()
     builder, network, _parser = _parse(onnx_path, logger)
 
@@ -230,11 +241,11 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions) -> E
     config.builder_optimization_level = options.opt_level
     if options.precision in ("fp16", "int8"):
         if not builder.platform_has_fast_fp16:
-            printer.line(f"warning: {target.gpu_name} has no fast FP16; the engine may be slower than expected", force=True)
+            log.note(f"warning: {target.gpu_name} has no fast FP16; the engine may be slower than expected")
         config.set_flag(trt.BuilderFlag.FP16)
     if options.fp32_norms and options.precision != "fp32":
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-        printer.line(f"kept {_keep_norms_fp32(network)} normalisation/softmax layers in FP32", force=True)
+        log.note(f"kept {_keep_norms_fp32(network)} normalisation/softmax layers in FP32")
 
     input_tensor = network.get_input(0)
     input_shape = [input_tensor.shape[i] for i in range(len(input_tensor.shape))]
@@ -268,14 +279,14 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions) -> E
     timing_cache_bytes = options.timing_cache.read_bytes() if options.timing_cache and options.timing_cache.is_file() else b""
     timing_cache = config.create_timing_cache(timing_cache_bytes)
     if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
-        printer.line(f"timing cache {options.timing_cache} was made for another GPU/TensorRT; starting a new one", force=True)
+        log.note(f"timing cache {options.timing_cache} was made for another GPU/TensorRT; starting a new one")
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     stop = threading.Event()
     if hasattr(trt, "IProgressMonitor"):
-        config.progress_monitor = _progress_monitor(printer)
+        config.progress_monitor = _progress_monitor(BuildPhases())
     else:
-        threading.Thread(target=printer.heartbeat, args=(stop,), daemon=True).start()
+        threading.Thread(target=_heartbeat, args=(log, stop), daemon=True).start()
     try:
         serialized = builder.build_serialized_network(network, config)
     finally:
@@ -296,7 +307,8 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions) -> E
         build_options=options.to_json(),
     )
     info.save(engine_sidecar_path(engine_path))
-    printer.line(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {engine_sidecar_path(engine_path).name}", force=True)
+    log.note(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {engine_sidecar_path(engine_path).name}")
+    log.close()
     return info
 
 

@@ -11,6 +11,9 @@ import numpy as np
 
 from okcell.schema import ConfigError, require_keys, typed
 
+MAX_EF = 2048
+"""The largest search beam calibration tunes up to and a recipe may hold."""
+
 
 @dataclass(frozen=True)
 class IndexParams:

@@ -2,7 +2,8 @@
 
 The colour scale is fixed relative to the recipe's threshold (not stretched per image), so an OK part
 looks calm and a NOK part shows warm colours where it is defective: 0 -> blue, threshold -> orange-yellow
-(2/3 of the scale), 1.5 x threshold and above -> red.
+(2/3 of the scale), 1.5 x threshold and above -> red. Overlays are drawn at most ``OVERLAY_MAX_SIDE`` px on the
+longest side (larger frames are scaled down first), so a huge frame never gives a huge file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 HEATMAP_SIGMA_PX = 4.0
 SCALE_TOP = 1.5  # the colour scale ends at SCALE_TOP x threshold
+OVERLAY_MAX_SIDE = 2048  # px: longest side of an overlay image
 COLORMAPS = {"turbo": cv2.COLORMAP_TURBO, "jet": cv2.COLORMAP_JET}
 DECISION_COLOURS_BGR = {"OK": (60, 160, 40), "NOK": (40, 40, 210), "ERROR": (160, 40, 200)}
 
@@ -61,16 +63,21 @@ def overlay(
 ) -> np.ndarray:
     """The frame (RGB or mono uint8) with the anomaly map blended into ``roi`` (x, y, width, height; whole
     frame when None), the ROI outlined, a colour bar with the threshold tick, and the decision text.
-    Returns BGR uint8, ready for ``cv2.imwrite``."""
-    if frame.ndim == 2:
-        canvas = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    else:
-        canvas = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-    height, width = canvas.shape[:2]
+    Frames longer than ``OVERLAY_MAX_SIDE`` are scaled down (map and ROI with them). Returns BGR uint8, ready for
+    ``cv2.imwrite``."""
+    height, width = frame.shape[:2]
     x, y, w, h = roi if roi is not None else (0, 0, width, height)
+    if amap is not None and amap.shape != (h, w):
+        raise ValueError(f"anomaly map shape {amap.shape} does not match the ROI ({h}, {w})")
+    scale = OVERLAY_MAX_SIDE / max(height, width)
+    if scale < 1:
+        frame = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+        x, y, right, bottom = (round(v * scale) for v in (x, y, x + w, y + h))
+        w, h = max(1, right - x), max(1, bottom - y)
+        if amap is not None:
+            amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_AREA)
+    canvas = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR if frame.ndim == 2 else cv2.COLOR_RGB2BGR)
     if amap is not None:
-        if amap.shape != (h, w):
-            raise ValueError(f"anomaly map shape {amap.shape} does not match the ROI ({h}, {w})")
         colours, weight = colourise(amap, threshold, colormap)
         region = canvas[y:y + h, x:x + w].astype(np.float32)
         blended = region * (1 - weight[:, :, None]) + colours.astype(np.float32) * weight[:, :, None]
@@ -98,7 +105,7 @@ def _banner(canvas: np.ndarray, decision: str, score: float | None, threshold: f
 def _colour_bar(canvas: np.ndarray, threshold: float, colormap: str) -> None:
     """A strip along the bottom showing the scale, with a white tick at the threshold."""
     height, width = canvas.shape[:2]
-    bar_h = max(4, height // 60)
+    bar_h = min(height, max(4, height // 60))
     ramp = np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)[None, :].repeat(bar_h, axis=0)
     canvas[height - bar_h:] = cv2.applyColorMap(ramp, COLORMAPS[colormap])
     tick = int(round(width / SCALE_TOP)) if threshold > 0 else None

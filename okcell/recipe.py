@@ -1,8 +1,13 @@
 """A recipe directory: reference bank (hnswlib), labelled embeddings, report and a manifest binding them to one model.
 
 ``manifest.json`` holds the okcell version, the model's ONNX sha256 and input, ROI, channels and sizing rule,
-scoring (k, aggregation, background mask) and index parameters, file hashes, the threshold and the stated risk. ``recipe_id`` is a short hash of the manifest content
-(without the creation date), so any edit to the manifest, the bank or the labelled embeddings is detected on load.
+scoring (k, aggregation, background mask) and index parameters, file hashes, the threshold, the held-out OK score
+range and the stated risk. ``recipe_id`` is a short hash of the manifest content (without the creation date), so any
+edit to the manifest, the bank or the labelled embeddings is detected on load — unless the editor recomputes the id.
+Against that, every loaded value is checked against what a calibration can write (the threshold lies within the
+held-out OK scores, the ROI inside the images, k within the bank, ...), and a recipe can be signed
+(``manifest.json.sig``, :mod:`okcell.signing`): loaded with a public key, an unsigned or wrongly signed recipe is
+refused.
 Recipes are written into a staging directory beside the destination and renamed into place only when complete.
 """
 
@@ -20,18 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from okcell.bank_index import IndexParams, load_index
+from okcell.bank_index import MAX_EF, IndexParams, load_index
 from okcell.frames import CropFeatures, CropScore, score_crop
 from okcell.images import ImageError, read_image
 from okcell.labelled import LabelledEmbeddings
 from okcell.masking import ImageMask, Mask, NoMask, PcaMask
 from okcell.roi import Roi
-from okcell.scoring import PatchScorer, check_aggregation
+from okcell.schema import ConfigError, parse_json, read_bytes, require_keys, sha256_file, typed
+from okcell.scoring import DECISION_RULE, SCORE_RANGE, PatchScorer, check_aggregation
 from okcell.sidecar import ModelSidecar
-from okcell.schema import ConfigError, read_json, require_keys, sha256_file, typed
+from okcell.signing import load_public_key, verify_file
 from okcell.sizing import Sizing
 
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2
+MIN_CROP_SIDE = 14  # px: one DINOv2 patch; a smaller region holds nothing to compare with the references
 MANIFEST_FILE = "manifest.json"
 BANK_FILE = "bank.hnsw"
 LABELLED_FILE = "labelled.npz"
@@ -46,7 +53,7 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "scoring": {"k": int, "aggregation": str, "decision": str},
     "bank": {"file": str, "sha256": str, "size": int, "coreset_ratio": float, "max_size": int, "patches_seen": int, "index": dict, "ef_tuning": dict},
     "risk": {"threshold": float, "target_frr": float, "confidence": float, "frr": dict, "escape": (dict, type(None)), "recall": dict},
-    "calibration": {"ok_images": int, "folds": int, "backend": str, "nok_images": dict, "synthetic_images": dict, "peak_rss_mb": float},
+    "calibration": {"ok_images": int, "folds": int, "ok_score_range": list, "backend": str, "nok_images": dict, "synthetic_images": dict, "peak_rss_mb": float},
 }
 # added after format 1 was released: recipes written before them load with the old behaviour (stretch, no mask)
 _OPTIONAL: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -137,6 +144,55 @@ def _verify_file(directory: Path, entry: dict[str, Any], field: str) -> Path:
     return path
 
 
+def _allowed(source: str, field: str, value: Any, ok: bool, allowed: str) -> None:
+    """ConfigError naming the file, the field, its value and what is allowed, unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{source}: field '{field}' is {value!r}; allowed {allowed}")
+
+
+def _within(source: str, field: str, value: Any, low: Any, high: Any, why: str) -> None:
+    _allowed(source, field, value, low <= value <= high, f"[{low}, {high}] ({why})")
+
+
+def _check_values(sections: dict[str, dict[str, Any]], roi: Roi | None, sidecar: ModelSidecar, source: str) -> None:
+    """Every value a calibration writes must lie in the range it can write (see the module doc)."""
+    model, inputs, scoring, bank, risk, calibration = (
+        sections[k] for k in ("model", "input", "scoring", "bank", "risk", "calibration"))
+    _within(source, "model.embedding_dim", model["embedding_dim"], sidecar.embedding_dim, sidecar.embedding_dim, "the model's")
+    ok_images = calibration["ok_images"]
+    _within(source, "calibration.folds", calibration["folds"], 2, ok_images, "calibration.ok_images")
+    scores = calibration["ok_score_range"]
+    _allowed(source, "calibration.ok_score_range", scores,
+             len(scores) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores)
+             and SCORE_RANGE[0] <= scores[0] <= scores[1] <= SCORE_RANGE[1],
+             f"[low, high] with {SCORE_RANGE[0]:g} <= low <= high <= {SCORE_RANGE[1]:g}")
+    _within(source, "risk.threshold", risk["threshold"], scores[0], scores[1], "held-out OK scores at calibration")
+    _allowed(source, "risk.target_frr", risk["target_frr"], 0 <= risk["target_frr"] < 1, "[0, 1)")
+    _allowed(source, "risk.confidence", risk["confidence"], 0 < risk["confidence"] < 1, "(0, 1)")
+    size = inputs["image_size"]
+    _allowed(source, "input.image_size", size, len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size),
+             "[height, width] in pixels")
+    if roi is not None:
+        _allowed(source, "input.roi", inputs["roi"], roi.fits((size[0], size[1])),
+                 f"inside the {size[1]}x{size[0]} px reference images")
+    # masks drop background patches, tiles and augmented copies add patches: at least one per OK image is seen
+    patches = bank["patches_seen"]
+    _within(source, "bank.patches_seen", patches, ok_images, math.inf, f"at least one per OK image ({ok_images})")
+    _allowed(source, "bank.coreset_ratio", bank["coreset_ratio"], 0 < bank["coreset_ratio"] <= 1, "(0, 1]")
+    _within(source, "bank.max_size", bank["max_size"], calibration["folds"], math.inf, "calibration.folds and up")
+    _within(source, "bank.size", bank["size"], 1, min(bank["max_size"], patches), "bank.max_size, bank.patches_seen")
+    k = scoring["k"]
+    _within(source, "scoring.k", k, 1, bank["size"], "the bank size")
+    try:
+        check_aggregation(scoring["aggregation"])
+    except ValueError:
+        _allowed(source, "scoring.aggregation", scoring["aggregation"], False, "'top1pct', 'max' or 'topN' (N patches)")
+    _allowed(source, "scoring.decision", scoring["decision"], scoring["decision"] == DECISION_RULE, repr(DECISION_RULE))
+    tuned = typed(bank["ef_tuning"], "ef", int, f"{source} [bank.ef_tuning]")
+    _within(source, "bank.ef_tuning.ef", tuned, k, max(k, MAX_EF), "scoring.k up to the tuning limit")
+    _within(source, "bank.index.ef", bank["index"]["ef"], tuned, tuned, "bank.ef_tuning.ef")
+
+
 @dataclass
 class Recipe:
     """A loaded, verified recipe bound to the model it was calibrated with."""
@@ -161,6 +217,10 @@ class Recipe:
             raise ValueError(f"{channels} frame {frame.shape}, but recipe {self.recipe_id} was calibrated on {self.channels} images")
         if self.roi is not None:
             self.roi.check_fits(frame.shape)
+        height, width = frame.shape[:2] if self.roi is None else (self.roi.height, self.roi.width)
+        if min(height, width) < MIN_CROP_SIDE:
+            raise ValueError(f"frame of {width}x{height} px: the inspected region must be at least "
+                             f"{MIN_CROP_SIDE} px on each side (one DINOv2 patch)")
 
     def score(self, crop: CropFeatures) -> CropScore:
         """Image score and patch-score grid of a crop's features, with this recipe's mask and scoring."""
@@ -172,16 +232,23 @@ class Recipe:
         return frame if self.roi is None else self.roi.crop(frame)
 
     @classmethod
-    def load(cls, directory: Path | str, sidecar: ModelSidecar, threads: int = -1) -> "Recipe":
+    def load(cls, directory: Path | str, sidecar: ModelSidecar, threads: int = -1,
+             public_key: Path | None = None) -> "Recipe":
+        """Load and verify the recipe in ``directory`` for the model of ``sidecar``; with ``public_key`` (an
+        ``okcell keygen`` public key file) only a recipe signed with the matching private key loads."""
         directory = Path(directory)
         path = directory / MANIFEST_FILE
         source = str(path)
         if not directory.is_dir():
             raise ConfigError(f"{directory}: recipe directory not found (build one with `okcell calibrate`)")
-        manifest = read_json(path, missing_hint=f"{directory} is not a complete recipe")
+        content = read_bytes(path, missing=f"not found; {directory} is not a complete recipe")
+        if public_key is not None:
+            verify_file(path, load_public_key(public_key), content)
+        manifest = parse_json(content, path)
         require_keys(manifest, _TOP_KEYS, set(), source)
         if typed(manifest, "format_version", int, source) != RECIPE_FORMAT:
-            raise ConfigError(f"{source}: field 'format_version' is {manifest['format_version']}, this okcell reads {RECIPE_FORMAT}")
+            raise ConfigError(f"{source}: field 'format_version' is {manifest['format_version']}, this okcell reads "
+                              f"{RECIPE_FORMAT}; recalibrate with `okcell calibrate`")
         for key in ("recipe_id", "okcell_version", "created"):
             typed(manifest, key, str, source)
         expected_id = compute_recipe_id(manifest)
@@ -199,30 +266,26 @@ class Recipe:
             )
         if model["input_size"] != list(sidecar.input_size) or model["feature_dim"] != sidecar.feature_dim:
             raise ConfigError(f"{source}: field 'model' describes input {model['input_size']} / {model['feature_dim']} features, the model has {list(sidecar.input_size)} / {sidecar.feature_dim}")
-        roi = None if inputs["roi"] is None else Roi.from_json(inputs["roi"], f"{source} field 'input.roi'")
         if inputs["channels"] not in ("mono", "colour"):
             raise ConfigError(f"{source}: field 'input.channels' must be 'mono' or 'colour', found {inputs['channels']!r}")
-        size = inputs["image_size"]
-        if len(size) != 2 or any(not isinstance(v, int) or v <= 0 for v in size):
-            raise ConfigError(f"{source}: field 'input.image_size' must be [height, width], found {size}")
-        try:
-            check_aggregation(scoring["aggregation"])
-        except ValueError as exc:
-            raise ConfigError(f"{source}: field 'scoring.aggregation': {exc}") from None
         sizing = Sizing.from_json(inputs.get("sizing", {"mode": "stretch"}), f"{source} field 'input.sizing'")
         if sizing.mode == "tile" and sizing.tile_scale is None:
             raise ConfigError(f"{source}: field 'input.sizing' has no tile_scale")
-        if not 1 <= scoring["k"] <= bank["size"]:
-            raise ConfigError(f"{source}: field 'scoring.k' must be between 1 and the bank size {bank['size']}, found {scoring['k']}")
-        if not math.isfinite(risk["threshold"]):
-            raise ConfigError(f"{source}: field 'risk.threshold' must be a finite number, found {risk['threshold']!r}")
         params = IndexParams.from_json(bank["index"], f"{source} [bank.index]")
+        roi = None if inputs["roi"] is None else Roi.from_json(inputs["roi"], f"{source} field 'input.roi'")
+        _check_values(sections, roi, sidecar, source)
+        size = inputs["image_size"]
         index = load_index(_verify_file(directory, bank, "bank"), sidecar.feature_dim, bank["size"], params)
         mask = _load_mask(directory, scoring.get("mask", {"mode": "none"}), sidecar.feature_dim, source)
         labelled = None
         if manifest["labelled"] is not None:
             entry = _section(manifest, "labelled", _LABELLED_KEYS, source)
             labelled = LabelledEmbeddings.load(_verify_file(directory, entry, "labelled"), sidecar.embedding_dim)
+            _within(source, "labelled.k", entry["k"], labelled.k, labelled.k, f"as in {entry['file']}")
+            _allowed(source, "labelled.counts", entry["counts"], entry["counts"] == labelled.counts,
+                     f"as in {entry['file']}: {labelled.counts}")
+            ok_images = sections["calibration"]["ok_images"]
+            _within(source, "labelled.counts.OK", labelled.counts.get("OK", 0), ok_images, ok_images, "calibration.ok_images")
         return cls(
             directory=directory,
             manifest=manifest,

@@ -24,14 +24,18 @@ class InspectionResult:
 class CellResult:
     """One trigger's outcome in a running cell: exactly one per trigger."""
 
-    result_id: int  # equals ``cycle``; monotonic per process start, continued from the archive
-    cycle: int
+    cycle: int  # also the result id: reserved in the archive before it is handed out, never reused
     part_id: str
     timestamp: float  # UNIX time of the trigger
     recipe_id: str
     inspection: InspectionResult
     frame: np.ndarray | None = None  # the inspected frame (for the archive), RGB or mono uint8
     heatmap_path: str | None = None  # set once the archive has written the overlay
+
+    @property
+    def result_id(self) -> int:
+        """The id clients see (OPC UA ResultId): the cycle number."""
+        return self.cycle
 
     @property
     def decision(self) -> Decision:

@@ -41,6 +41,12 @@ def typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], sour
     return value
 
 
+def require_format(data: Mapping[str, Any], expected: int, source: Path | str) -> None:
+    """Raise ConfigError unless ``data['format_version']`` is the integer ``expected``."""
+    if typed(data, "format_version", int, source) != expected:
+        raise ConfigError(f"{source}: field 'format_version' is {data['format_version']}, expected {expected}")
+
+
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -50,27 +56,37 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _read_text(path: Path, parse: Callable[[str], Any], kind: str, errors: tuple[type[Exception], ...],
-               missing_hint: str) -> Any:
+def read_bytes(path: Path, missing: str = "not found") -> bytes:
+    """The bytes of ``path``; a missing file is the ConfigError ``"{path}: {missing}"``, an unreadable one names it too."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found" + (f" ({missing_hint})" if missing_hint else "")) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected {kind}") from None
+        raise ConfigError(f"{path}: {missing}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _parse(content: bytes, path: Path, parse: Callable[[str], Any], kind: str, errors: tuple[type[Exception], ...]) -> Any:
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected {kind}") from None
     try:
         return parse(text)
     except errors as exc:
         raise ConfigError(f"{path}: not valid {kind} ({exc})") from None
 
 
-def read_json(path: Path, missing_hint: str = "") -> Any:
+def parse_json(content: bytes, path: Path) -> Any:
+    """``content`` (read from ``path``) as JSON; not UTF-8 or not JSON is a ConfigError naming ``path``."""
+    return _parse(content, path, json.loads, "JSON", (json.JSONDecodeError,))
+
+
+def read_json(path: Path, missing: str = "not found") -> Any:
     """Parsed JSON of ``path``; any fault (missing, unreadable, not UTF-8, not JSON) is a ConfigError naming it."""
-    return _read_text(path, json.loads, "JSON", (json.JSONDecodeError,), missing_hint)
+    return parse_json(read_bytes(path, missing), path)
 
 
-def read_yaml(path: Path, missing_hint: str = "") -> Any:
+def read_yaml(path: Path, missing: str = "not found") -> Any:
     """Parsed YAML of ``path``, with the same errors as :func:`read_json`."""
-    return _read_text(path, yaml.safe_load, "YAML", (yaml.YAMLError,), missing_hint)
+    return _parse(read_bytes(path, missing), path, yaml.safe_load, "YAML", (yaml.YAMLError,))

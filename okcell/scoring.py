@@ -18,6 +18,8 @@ import numpy as np
 
 AGGREGATIONS: tuple[str, ...] = ("top1pct", "max", "topN")
 _TOP_N = re.compile(r"top([1-9][0-9]{0,4})")
+SCORE_RANGE = (0.0, 2.0)  # patch and image scores: 1 - cosine similarity
+DECISION_RULE = "NOK if image score > threshold"
 
 
 def check_aggregation(value: str) -> str:
@@ -70,7 +72,7 @@ class _Scorer:
         batch, count, channels = patches.shape
         flat = np.ascontiguousarray(patches.reshape(batch * count, channels), dtype=np.float32)
         similarity = self._top_similarities(flat).mean(axis=1)
-        return np.clip(1.0 - similarity, 0.0, 2.0).astype(np.float32).reshape(batch, count)
+        return np.clip(1.0 - similarity, *SCORE_RANGE).astype(np.float32).reshape(batch, count)
 
     def image_scores(self, patch_scores: np.ndarray) -> np.ndarray:
         """(B, N) patch scores -> (B,) image scores."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from okcell import __version__
-from okcell.schema import ConfigError, read_json, require_keys, sha256_file, typed
+from okcell.schema import ConfigError, read_json, require_format, require_keys, sha256_file, typed
 
 SIDECAR_FORMAT = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,15 +66,14 @@ class ModelSidecar:
     @classmethod
     def load(cls, path: Path) -> "ModelSidecar":
         """Read and validate a sidecar; raises ConfigError naming the file and field."""
-        data = read_json(path, missing_hint="model sidecar; export the model with `okcell export`")
+        data = read_json(path, missing="model sidecar not found (export the model with `okcell export`)")
         required = {
             "onnx_file", "onnx_sha256", "input_size", "patch_size", "feature_dim", "embedding_dim",
             "layers", "layer_fusion", "dynamic_batch", "opset", "model_source", "mean", "std",
             "colour_order", "input_name", "patch_output", "embedding_output", "okcell_version", "format_version",
         }
         require_keys(data, required, {"patch_grid", "extra"}, path)
-        if typed(data, "format_version", int, path) != SIDECAR_FORMAT:
-            raise ConfigError(f"{path}: field 'format_version' is {data['format_version']}, expected {SIDECAR_FORMAT}")
+        require_format(data, SIDECAR_FORMAT, path)
         size = typed(data, "input_size", list, path)
         patch = typed(data, "patch_size", int, path)
         if len(size) != 2 or any(not isinstance(v, int) or v <= 0 or v % patch for v in size):

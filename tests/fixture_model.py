@@ -1,5 +1,5 @@
-"""Model fixtures: ``exported_model``, the embedded DINOv2 ViT-S/14 exported at 224 once per test session, and
-``model``, a private copy of it that a test may alter."""
+"""Model fixtures: ``exported_model``, the embedded DINOv2 ViT-S/14 exported at 224 once per test session, 
+``model``, a private copy of it that a test may alter, and ``sidecar``, its verified sidecar."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from okcell.sidecar import ModelSidecar, load_verified
 
 FIXTURE_SIZE = 224
 
@@ -28,3 +30,9 @@ def model(exported_model: Path, tmp_path: Path) -> Path:
     shutil.copy(exported_model, onnx)
     shutil.copy(exported_model.with_suffix(".json"), onnx.with_suffix(".json"))
     return onnx
+
+
+@pytest.fixture(scope="module")
+def sidecar(exported_model: Path) -> ModelSidecar:
+    """The exported model's sidecar, checked against the ONNX file."""
+    return load_verified(exported_model)

@@ -1,7 +1,9 @@
-"""Session fixtures ``demo_images`` (a small demo set) and ``demo_recipe`` (calibrated on it with ``exported_model``)."""
+"""Session fixtures ``demo_images`` (a small demo set) and ``demo_recipe`` (calibrated on it with ``exported_model``);
+``recipe_copy``, a private copy of the recipe that a test may alter."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,9 @@ def demo_recipe(exported_model: Path, demo_images: Path, tmp_path_factory: pytes
     finally:
         extractor.close()
     return out
+
+
+@pytest.fixture
+def recipe_copy(demo_recipe: Path, tmp_path: Path) -> Path:
+    """A private copy of ``demo_recipe`` that a test may alter."""
+    return Path(shutil.copytree(demo_recipe, tmp_path / "recipe"))

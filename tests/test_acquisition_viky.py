@@ -13,10 +13,16 @@ from edge.acquisition.camera_settings import FeatureSetting
 from edge.acquisition.harvester_source import CameraSettings, HarvesterSource
 from edge.acquisition.producers import viky_producer
 from edge.acquisition.replay_source import ReplaySource
-from edge.acquisition.source import SourceLost
+from edge.acquisition.source import Frame, SourceLost
 from okcell.schema import ConfigError
 
 VIKY = viky_producer()
+
+
+def frame_id(frame: Frame) -> int:
+    """The producer's frame counter (viky numbers its frames)."""
+    assert frame.frame_id is not None, "viky frames carry a frame id"
+    return frame.frame_id
 
 
 def viky(mode="free_run", pixel_format="RGBa8", serial="1", features=(), num_buffers=4, device=None) -> HarvesterSource:
@@ -38,7 +44,7 @@ def test_free_run_frames_in_both_pixel_formats(pixel_format, shape):
         source.close()
     assert source.applied_features["PixelFormat"] == pixel_format
     assert all(f.image.shape == shape and f.image.dtype == np.uint8 for f in frames)
-    ids = [f.frame_id for f in frames]
+    ids = [frame_id(f) for f in frames]
     assert ids == sorted(set(ids)), "frames arrive once each, in order"
     assert len({f.image.tobytes() for f in frames}) > 1, "the virtual camera's picture moves"
     assert not frames[0].image.flags["OWNDATA"] is False  # our own copy, not a view of a producer buffer
@@ -54,8 +60,8 @@ def test_free_run_is_newest_wins_and_counts_drops():
         newest = source.grab("", 2.0)
     finally:
         source.close()
-    assert newest.frame_id - first.frame_id >= 8
-    assert source.stats.dropped == newest.frame_id - first.frame_id - 1
+    assert frame_id(newest) - frame_id(first) >= 8
+    assert source.stats.dropped == frame_id(newest) - frame_id(first) - 1
 
 
 def test_software_trigger_without_trigger_software_takes_the_next_frame():
@@ -70,7 +76,7 @@ def test_software_trigger_without_trigger_software_takes_the_next_frame():
     finally:
         source.close()
     assert after.part_id == "part-2" and after.trigger_time >= requested
-    assert after.frame_id >= before.frame_id + 8, "frames queued before the request are not used"
+    assert frame_id(after) >= frame_id(before) + 8, "frames queued before the request are not used"
     assert source.stats.dropped == 0, "skipping stale frames on request is not a drop"
 
 
@@ -108,11 +114,27 @@ def test_bad_feature_values_list_what_the_camera_offers(feature, message):
     source.close()
 
 
+def test_check_configures_the_device_without_acquiring_and_releases_it():
+    source = viky(features=[FeatureSetting("Width", 256)])
+    source.check()
+    assert source.acquirer is None and not source.stats.connected
+    assert source.applied_features["Width"] == 256 and source.stats.frames == 0
+    with pytest.raises(ConfigError, match=r"camera.features.Width: value 5000 outside"):
+        viky(features=[FeatureSetting("Width", 5000)]).check()
+    source.open()  # the device was released
+    try:
+        assert source.grab("", 2.0).image.shape == (400, 256, 3)
+    finally:
+        source.close()
+
+
 def test_device_selection_by_serial_index_and_ambiguity():
     with pytest.raises(SourceLost, match=r"no device with serial_number='9'.*serial_number='2'"):
         viky(serial="9").open()
     with pytest.raises(ConfigError, match=r"model='Viky' matches 3 devices"):
         viky(device={"model": "Viky"}).open()
+    with pytest.raises(ConfigError, match=r"^cell.yaml: camera.device.index 5: only 3 cameras found; .*serial_number='2'"):
+        viky(device={"index": 5}).open()
     source = viky(device={"index": 2})
     source.open()
     try:
@@ -127,6 +149,7 @@ def test_device_loss_under_the_loop_then_reconnect():
     try:
         source.grab("", 2.0)
         acquirer = source.acquirer
+        assert acquirer is not None
         threading.Timer(0.2, acquirer.destroy).start()  # close the acquirer under the running loop
         with pytest.raises(SourceLost, match="device lost"):
             for _ in range(50):
@@ -187,3 +210,37 @@ def test_okcell_cameras_lists_devices_and_main_features(capsys):
     assert listing.startswith("3 device(s)")
     assert "serial_number='2'" in listing and "Width: 400" in listing
     assert "PixelFormat options: ['RGBa8', 'Mono8']" in listing
+
+
+def write_replay_images(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        cv2.imwrite(str(folder / f"part_{index}.png"), np.full((32, 48, 3), 40 * index, np.uint8))
+
+
+def test_replay_folder_taken_away_is_a_lost_camera_until_it_is_back(tmp_path: Path):
+    """Frames are read at each grab: a renamed (unmounted, deleted) folder is a lost camera; reconnect lists it again."""
+    folder = tmp_path / "images"
+    write_replay_images(folder, 2)
+    source = ReplaySource(folder)
+    source.open()
+    assert source.grab("a", 1.0).image.shape == (32, 48, 3)
+    folder.rename(tmp_path / "away")
+    with pytest.raises(SourceLost, match=r"part_1\.png: no such file"):
+        source.grab("b", 1.0)
+    assert not source.stats.connected and source.stats.losses == 1
+    with pytest.raises(SourceLost, match=f"{folder}: not a folder of images"):
+        source.reconnect()
+    (tmp_path / "away").rename(folder)
+    write_replay_images(folder, 3)  # a third image arrived meanwhile: listed again on reconnect
+    source.reconnect()
+    assert source.stats.connected and source.stats.reconnects == 1
+    assert [source.grab("", 1.0).frame_id for _ in range(4)] == [0, 1, 2, 0]
+
+
+def test_replay_image_that_cannot_be_read_fails_at_open_naming_it(tmp_path: Path):
+    folder = tmp_path / "images"
+    write_replay_images(folder, 2)
+    (folder / "part_1.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"part_1\.png: not a readable image"):
+        ReplaySource(folder).open()

@@ -108,4 +108,6 @@ def test_bad_inputs_name_the_file(exported_model: Path, mono_set: Path, demo_ima
     assert "12 images; need at least one per fold (--folds 13)" in capsys.readouterr().err
     assert _calibrate(exported_model, mono_set / "ok", out, "--roi", "1,2,3") == 2
     assert "expected four integers x,y,width,height" in capsys.readouterr().err
+    assert _calibrate(exported_model, mono_set / "ok", out, "--hnsw-ef", "4096") == 2
+    assert "--hnsw-ef 4096: at most 2048" in capsys.readouterr().err
     assert not out.exists()

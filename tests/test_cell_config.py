@@ -51,6 +51,7 @@ def test_valid_camera_config_resolves_paths_and_defaults(cell_dir):
     assert config.camera.trigger_mode == "free_run" and config.trigger.timeout_s == 1.5
     assert config.watchdog.budgets_s == {"acquisition": 10.0, "inference": 20.0, "outputs": 10.0}
     assert config.archive.directory == cell_dir / "archive" and config.archive.ok_sample_every == 10
+    assert config.archive.min_free_mb == 100.0
     assert config.opcua is not None and not config.opcua.enabled
 
 
@@ -76,6 +77,7 @@ def test_replay_config(cell_dir):
     (lambda d: d["camera"].update(device={"serial": "1"}), r"unknown key camera\.device\.serial"),
     (lambda d: d["camera"].update(features=[{"name": "Gain"}]), r"camera\.features\[0\]: missing key"),
     (lambda d: d["watchdog"].update(reconnect_backoff_s=[5, 1]), r"watchdog\.reconnect_backoff_s must be"),
+    (lambda d: d["archive"].update(min_free_mb=-1), r"archive\.min_free_mb must be >= 0"),
     (lambda d: d.update(replay={"images": "images"}), r"exactly one of 'camera'"),
 ])
 def test_bad_config_names_file_and_key(cell_dir, edit, message):
@@ -95,7 +97,8 @@ def test_missing_producer_without_environment_is_named(cell_dir, monkeypatch):
     with pytest.raises(ConfigError, match=r"cell.yaml: camera.producers: no GenTL producer.*GENICAM_GENTL64_PATH"):
         load_cell_config(path)
     monkeypatch.setenv("GENICAM_GENTL64_PATH", str(VIKY.parent))
-    assert VIKY in load_cell_config(path).camera.producers
+    camera = load_cell_config(path).camera
+    assert camera is not None and VIKY in camera.producers
 
 
 def test_not_yaml_and_not_a_mapping(cell_dir):

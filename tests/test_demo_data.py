@@ -11,6 +11,7 @@ import pytest
 
 from calibration.demo_data import DemoCounts, write_demo_set
 from calibration.synthetic import DEFECT_KINDS
+from okcell.images import read_image
 from okcell.schema import ConfigError
 
 COUNTS = DemoCounts(train_ok=4, calib_nok_per_defect=1, holdout_ok=2, holdout_nok_per_defect=2)
@@ -38,7 +39,7 @@ def test_layout_and_determinism(tmp_path: Path) -> None:
 
 def test_ok_parts_vary_like_a_line(tmp_path: Path) -> None:
     write_demo_set(tmp_path, size=128, counts=COUNTS)
-    images = [cv2.imread(str(p)) for p in sorted((tmp_path / "train" / "ok").glob("*.png"))]
+    images = [read_image(p) for p in sorted((tmp_path / "train" / "ok").glob("*.png"))]
     assert all(img.shape == (128, 128, 3) for img in images)
     for other in images[1:]:
         assert np.abs(images[0].astype(int) - other.astype(int)).mean() > 5
@@ -50,10 +51,10 @@ def test_every_nok_part_has_a_defect_under_its_mask(tmp_path: Path) -> None:
     assert len(noks) == 12
     for path in noks:
         split = path.relative_to(tmp_path).parts[0]
-        mask = cv2.imread(str(tmp_path / "masks" / split / path.parent.name / path.name), cv2.IMREAD_GRAYSCALE)
+        mask = read_image(tmp_path / "masks" / split / path.parent.name / path.name)
         area = (mask > 0).mean()
         assert 0.0005 < area < 0.08, f"{path}: defect area {area:.2%}"
-        image = cv2.imread(str(path)).astype(np.float32)
+        image = read_image(path).astype(np.float32)
         inside = image[mask > 0].mean(axis=0)
         ring = cv2.dilate(mask, np.ones((9, 9), np.uint8)) - mask
         around = image[ring > 0].mean(axis=0)

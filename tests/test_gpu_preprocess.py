@@ -18,6 +18,7 @@ from edge.backends import gpu_preprocess
 from edge.backends.gpu_preprocess import KERNEL_SOURCE, PREPARED_ARGS, check_frame, kernel_args
 from okcell.preprocess import Preprocessor
 from okcell.sidecar import ModelSidecar
+from gpu_support import require_cuda_device
 
 SIDECAR = ModelSidecar(
     onnx_file="model.onnx", onnx_sha256="0" * 64, input_size=(224, 224), patch_size=14, feature_dim=384,
@@ -90,7 +91,7 @@ def test_emulated_kernel_on_random_crops_of_photos() -> None:
     retina, camera = photo("retina"), photo("camera")
     reference = Preprocessor(sidecar_for(224, 224))
     shapes = [(448, 448), (224, 224), (112, 224), (2, 2), (1, 300), (300, 1)]
-    shapes += [tuple(int(v) for v in rng.integers(2, 1400, 2)) for _ in range(60)]
+    shapes += [(int(h), int(w)) for h, w in (rng.integers(2, 1400, 2) for _ in range(60))]
     for index, (height, width) in enumerate(shapes):
         source = retina if index % 2 else camera
         top = int(rng.integers(0, max(1, source.shape[0] - height)))
@@ -129,22 +130,9 @@ def test_check_frame_rejects_what_the_cpu_path_rejects() -> None:
         check_frame(np.zeros((4, 4, 4), np.uint8))
 
 
-def _pycuda_device() -> None:
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        pytest.skip(f"real-kernel check needs pycuda (the `gpu` extra): {exc}")
-    try:
-        cuda.init()
-        if cuda.Device.count() == 0:
-            pytest.skip("real-kernel check needs a CUDA device; none found")
-    except cuda.Error as exc:
-        pytest.skip(f"real-kernel check needs a CUDA device: {exc}")
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_real_kernel_matches_cpu_reference(dtype: type) -> None:
-    _pycuda_device()
+    require_cuda_device("real-kernel check")
     import pycuda.driver as cuda
 
     context = cuda.Device(0).retain_primary_context()

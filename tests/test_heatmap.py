@@ -67,3 +67,28 @@ def test_overlay_refuses_a_map_of_the_wrong_size() -> None:
     frame = np.zeros((100, 100, 3), np.uint8)
     with pytest.raises(ValueError, match="does not match the ROI"):
         overlay(frame, np.zeros((50, 50), np.float32), 0.4, "OK", 0.1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 3), (1, 9, 3), (7, 1, 3), (3, 3, 3)])
+def test_overlay_of_a_tiny_frame(shape: tuple[int, ...]) -> None:
+    frame = np.full(shape, 128, np.uint8)
+    image = overlay(frame, None, threshold=0.4, decision="ERROR", score=None)
+    assert image.shape == shape[:2] + (3,) and image.dtype == np.uint8
+    amap = np.full(shape[:2], 0.9, np.float32)
+    assert overlay(frame, amap, threshold=0.4, decision="NOK", score=0.9).shape == shape[:2] + (3,)
+
+
+def test_large_overlay_is_capped_with_the_map_in_place() -> None:
+    frame = np.zeros((3000, 5000, 3), np.uint8)
+    roi = (1000, 500, 2000, 1000)
+    amap = anomaly_map(_peaked(10, 20, at=(5, 10)), (1000, 2000))
+    image = overlay(frame, amap, threshold=0.4, decision="NOK", score=0.9, roi=roi)
+    assert image.shape == (1229, 2048, 3)  # longest side capped at 2048 px, aspect kept
+    peak_y, peak_x = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    scale = 2048 / 5000
+    hot = image[round((500 + peak_y) * scale), round((1000 + peak_x) * scale)].astype(int)  # BGR
+    calm = image[round(520 * scale), round(1020 * scale)].astype(int)
+    assert hot[2] - hot[0] > calm[2] - calm[0]  # redder where the anomaly is, after scaling
+    assert image[round(300 * scale), round(300 * scale)].tolist() == [0, 0, 0]  # untouched outside the ROI
+    mono = np.zeros((10000, 600), np.uint8)
+    assert overlay(mono, None, 0.4, "ERROR", None).shape == (2048, 123, 3)

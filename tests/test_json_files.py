@@ -24,8 +24,10 @@ def test_a_file_that_is_not_utf8_is_a_config_error_naming_it(load, tmp_path: Pat
 
 def test_read_json_names_the_file_for_each_fault(tmp_path: Path) -> None:
     missing = tmp_path / "absent.json"
-    with pytest.raises(ConfigError, match=rf"{missing}: not found \(make it with X\)"):
-        read_json(missing, missing_hint="make it with X")
+    with pytest.raises(ConfigError, match=rf"{missing}: not found$"):
+        read_json(missing)
+    with pytest.raises(ConfigError, match=rf"{missing}: model sidecar not found \(make it with X\)"):
+        read_json(missing, missing="model sidecar not found (make it with X)")
     broken = tmp_path / "broken.json"
     broken.write_text('{"a": ')
     with pytest.raises(ConfigError, match=rf"{broken}: not valid JSON"):

@@ -48,3 +48,15 @@ def test_relative_imports_resolve_to_the_module_they_name(tmp_path):
     })
     assert set(import_graph(root).edges) == {("calibration.build", "edge"), ("calibration.build", "edge.cli")}
     assert len(violations(root)) == 2
+
+
+def test_inside_edge_the_runtime_may_not_import_the_opcua_adapter(tmp_path):
+    root = _tree(tmp_path, {})
+    for sub in ("runtime", "opcua", "cli"):
+        (root / "edge" / sub).mkdir()
+    (root / "edge" / "runtime" / "control.py").write_text("")
+    (root / "edge" / "runtime" / "service.py").write_text("from edge.opcua.server import serve\n")
+    (root / "edge" / "opcua" / "server.py").write_text("from edge.runtime.control import Control\n")
+    (root / "edge" / "cli" / "run.py").write_text("from edge.opcua import server\nfrom edge.runtime import service\n")
+    assert violations(root) == [
+        "edge.runtime.service imports edge.opcua.server: edge.runtime may not import edge.opcua (a layer above it)"]

@@ -220,7 +220,7 @@ def test_forged_method_fields_are_refused(plain: Recipe, extractor: OnnxRuntimeE
     cases = [
         ("input", "sizing", {"mode": "zoom"}, "field 'input.sizing': sizing 'zoom': expected one of stretch, letterbox, tile"),
         ("input", "sizing", {"mode": "tile", "tile_scale": -1.0, "tile_overlap": 0.25}, "tile scale -1.0"),
-        ("scoring", "aggregation", "top0", "field 'scoring.aggregation': aggregation must be"),
+        ("scoring", "aggregation", "top0", "field 'scoring.aggregation' is 'top0'; allowed 'top1pct', 'max' or 'topN'"),
         ("scoring", "mask", {"mode": "pca"}, r"\[scoring.mask\]: missing key\(s\)"),
         ("scoring", "mask", {"mode": "pca", "file": "mask.npz", "sha256": "0" * 64}, "mask.npz: missing from the recipe"),
     ]

@@ -158,7 +158,8 @@ def test_external_data_for_large_models(tmp_path: Path, monkeypatch: pytest.Monk
 
     torch.manual_seed(0)
     config = Dinov2WithRegistersConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
-                                       image_size=518, num_register_tokens=4, attn_implementation="eager")
+                                       image_size=518, num_register_tokens=4)
+    config._attn_implementation = "eager"  # plain MatMul/Softmax, set as export.sources.roles.build_model does
     info = {"kind": "test", "name": "random", "path": "-", "hidden_size": 128, "num_layers": 2,
             "num_register_tokens": 4}
     backbone = LoadedBackbone(Dinov2WithRegistersModel(config).eval(), info)

@@ -17,9 +17,10 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 
 from okcell.recipe import BANK_FILE
 from edge.runtime.cell_config import load_cell_config
+from edge.runtime.control import InvalidPartId
 from edge.opcua.server import OpcUaServer
 from edge.runtime.service import CellService
-from opcua_support import PASSWORD_HASH, USER, EventCollector, cell_node, connect, free_port, subscribe_results, var
+from opcua_support import PASSWORD_HASH, USER, EventCollector, cell_node, connect, free_port, session, subscribe_results, var
 
 
 def write_config(root: Path, model: Path, images: list[Path], port: int) -> Path:
@@ -147,9 +148,7 @@ def test_polling_handshake_on_the_real_cell(service: CellService) -> None:
     """A PLC that only reads and writes variables completes 100 cycles of the documented bit handshake."""
 
     async def plc() -> None:
-        client = await connect(endpoint(service))
-        try:
-            _, idx = await cell_node(client)
+        async with session(endpoint(service)) as (client, _, idx):
             request, part = var(client, idx, "Handshake.TriggerRequest"), var(client, idx, "Handshake.PartId")
             busy, valid = var(client, idx, "Handshake.Busy"), var(client, idx, "Handshake.ResultValid")
             counter = var(client, idx, "Handshake.ResultCounter")
@@ -177,17 +176,13 @@ def test_polling_handshake_on_the_real_cell(service: CellService) -> None:
                 await request.write_value(ua.DataValue(ua.Variant(False, ua.VariantType.Boolean)))
                 await until(busy, False)
                 assert await valid.read_value() is True, "ResultValid holds until the next request"
-        finally:
-            await client.disconnect()
 
     asyncio.run(plc())
 
 
 def test_bad_recipe_is_refused_and_bad_arguments_keep_the_cell_running(service: CellService) -> None:
     async def scenario() -> None:
-        client = await connect(endpoint(service))
-        try:
-            cell, idx = await cell_node(client)
+        async with session(endpoint(service)) as (client, cell, idx):
             recipes = client.get_node(ua.NodeId("Cell.Recipes", idx))
             activate = ua.QualifiedName("ActivateRecipe", idx)
             active = await var(client, idx, "Recipes.ActiveRecipeId").read_value()
@@ -212,8 +207,6 @@ def test_bad_recipe_is_refused_and_bad_arguments_keep_the_cell_running(service: 
             assert active == "demo" and await var(client, idx, "Recipes.ActiveRecipeId").read_value() == "demo"
             assert collector.events[0].RecipeId == service.recipe_id, "the refused recipe did not replace the running one"
             assert await var(client, idx, "State.CurrentStateName").read_value() == "Operational"
-        finally:
-            await client.disconnect()
 
     asyncio.run(scenario())
 
@@ -236,9 +229,7 @@ def test_server_restarts_with_the_service_and_a_subscribed_client_reconnects(cel
     url = endpoint(service)
 
     async def scenario() -> None:
-        client = await connect(url, auto_reconnect=True, reconnect_max_delay=0.5)
-        try:
-            cell, idx = await cell_node(client)
+        async with session(url, auto_reconnect=True, reconnect_max_delay=0.5) as (client, cell, idx):
             collector = EventCollector()
             await subscribe_results(client, idx, collector)
             before = await cell.call_method(ua.QualifiedName("Trigger", idx), ua.Variant("before-restart"))
@@ -258,7 +249,27 @@ def test_server_restarts_with_the_service_and_a_subscribed_client_reconnects(cel
                 assert collector.events[1].ResultId == after
             finally:
                 await asyncio.to_thread(restarted.shutdown)
-        finally:
-            await client.disconnect()
 
     asyncio.run(scenario())
+
+
+def test_part_id_limit_holds_on_every_path(service: CellService) -> None:
+    """256 characters, no control characters: on the handshake variable, the Trigger method and the cell itself;
+    nothing refused reaches the archive."""
+    too_long, control = "x" * 8_000_000, "part\x00id"
+
+    async def scenario() -> None:
+        async with session(endpoint(service)) as (client, cell, idx):
+            for bad in (too_long, control):
+                with pytest.raises(UaStatusCodeError) as caught:
+                    await var(client, idx, "Handshake.PartId").write_value(ua.DataValue(ua.Variant(bad, ua.VariantType.String)))
+                assert caught.value.code == ua.StatusCodes.BadOutOfRange
+                with pytest.raises(UaStatusCodeError) as caught:
+                    await cell.call_method(ua.QualifiedName("Trigger", idx), ua.Variant(bad))
+                assert caught.value.code == ua.StatusCodes.BadInvalidArgument
+
+    asyncio.run(scenario())
+    for bad in (too_long, control, "x" * 257, "line\nfeed"):
+        with pytest.raises(InvalidPartId, match="part id"):
+            service.request_trigger(bad)
+    assert not any(len(row["part_id"]) > 256 or "\x00" in row["part_id"] for row in archive_rows(service).values())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.opcua.config import parse_opcua_config
+from edge.runtime.opcua_config import parse_opcua_config
 from edge.opcua.security import hash_password, verify_password
 from okcell.schema import ConfigError
 from opcua_support import PASSWORD_HASH

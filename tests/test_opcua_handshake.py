@@ -6,11 +6,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from asyncua import Client, ua
+from asyncua.ua.uaerrors import UaStatusCodeError
 
-from edge.opcua.server import OpcUaServer
 from okcell.result import InspectionResult
-from opcua_support import DrivenCell, cell_node, connect, free_port, make_config, var
+from opcua_support import free_port, make_config, serving, session, var
 
 
 def inspection(cycle: int, part_id: str) -> InspectionResult:
@@ -30,35 +31,49 @@ async def write_bool(node, value: bool) -> None:
 
 
 def test_refused_trigger_sets_handshake_error_and_recovers(tmp_path: Path) -> None:
-    cell = DrivenCell(inspection)
-    server = OpcUaServer(make_config(tmp_path, free_port()), cell)
-    cell.sinks.append(server)
-    server.start()
+    with serving(inspection, make_config(tmp_path, free_port())) as (cell, server):
 
-    async def plc() -> None:
-        client = await connect(server.endpoint_url)
-        try:
-            _, idx = await cell_node(client)
-            request = var(client, idx, "Handshake.TriggerRequest")
-            busy, valid = var(client, idx, "Handshake.Busy").nodeid, var(client, idx, "Handshake.ResultValid").nodeid
-            cell.state = "Halted"
-            await write_bool(request, True)
-            await wait_until(client, var(client, idx, "Handshake.HandshakeError").nodeid, "cell is Halted")
-            assert await client.get_node(valid).read_value() is False
-            await write_bool(request, False)
-            await wait_until(client, busy, False)
-            cell.state = "Operational"
-            await write_bool(request, True)
-            await wait_until(client, valid, True)
-            assert await var(client, idx, "Handshake.HandshakeError").read_value() == ""
-            await write_bool(request, False)
-            await wait_until(client, busy, False)
-            assert len(cell.published) == 1
-        finally:
-            await client.disconnect()
+        async def plc() -> None:
+            async with session(server.endpoint_url) as (client, _, idx):
+                request = var(client, idx, "Handshake.TriggerRequest")
+                busy, valid = var(client, idx, "Handshake.Busy").nodeid, var(client, idx, "Handshake.ResultValid").nodeid
+                cell.state = "Halted"
+                await write_bool(request, True)
+                await wait_until(client, var(client, idx, "Handshake.HandshakeError").nodeid, "cell is Halted")
+                assert await client.get_node(valid).read_value() is False
+                await write_bool(request, False)
+                await wait_until(client, busy, False)
+                cell.state = "Operational"
+                await write_bool(request, True)
+                await wait_until(client, valid, True)
+                assert await var(client, idx, "Handshake.HandshakeError").read_value() == ""
+                await write_bool(request, False)
+                await wait_until(client, busy, False)
+                assert len(cell.published) == 1
 
-    try:
         asyncio.run(plc())
-    finally:
-        server.stop()
-        cell.close()
+
+
+def test_an_oversized_or_control_character_part_id_is_refused_at_the_write(tmp_path: Path) -> None:
+    """The handshake's PartId obeys the same limit as Trigger: the write is refused, nothing reaches the cell or the
+    subscribers, and a request afterwards uses the last valid part id."""
+    with serving(inspection, make_config(tmp_path, free_port())) as (cell, server):
+
+        async def plc() -> None:
+            async with session(server.endpoint_url) as (client, _, idx):
+                part = var(client, idx, "Handshake.PartId")
+                await part.write_value(ua.DataValue(ua.Variant("valid-part", ua.VariantType.String)))
+                for bad in ["x" * 8_000_000, "x" * 257, "nul\x00byte", "tab\tpart", "del\x7f"]:
+                    with pytest.raises(UaStatusCodeError) as caught:
+                        await part.write_value(ua.DataValue(ua.Variant(bad, ua.VariantType.String)))
+                    assert caught.value.code == ua.StatusCodes.BadOutOfRange
+                assert await part.read_value() == "valid-part"
+                await part.write_value(ua.DataValue(ua.Variant("x" * 256, ua.VariantType.String)))  # the limit itself is fine
+                await part.write_value(ua.DataValue(ua.Variant("valid-part", ua.VariantType.String)))
+                request = var(client, idx, "Handshake.TriggerRequest")
+                await write_bool(request, True)
+                await wait_until(client, var(client, idx, "Handshake.ResultValid").nodeid, True)
+                await write_bool(request, False)
+                assert [result.part_id for result in cell.published] == ["valid-part"]
+
+        asyncio.run(plc())

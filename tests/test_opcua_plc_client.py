@@ -6,17 +6,19 @@ import asyncio
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
-from edge.opcua.config import parse_opcua_config
+from edge.runtime.opcua_config import OpcUaConfig, parse_opcua_config
 from edge.opcua.plc_client import PlcClientSink
 from edge.opcua.security import ensure_server_certificate
-from okcell.result import CellResult, InspectionResult
+from okcell.result import CellResult, Decision, InspectionResult
 from opcua_support import PASSWORD_HASH, free_port
 
 PLC_NODES = {  # field -> (identifier, PLC data type)
@@ -93,9 +95,23 @@ class FakePlcServer:
             await self._stop.wait()
 
 
-def result(n: int, decision: str = "OK") -> CellResult:
+def result(n: int, decision: Decision = "OK") -> CellResult:
     score = None if decision == "ERROR" else 0.25 * n
-    return CellResult(n, n, f"part-{n}", time.time(), "demo", InspectionResult(decision, score, 0.5, error="bad frame" if decision == "ERROR" else None))
+    return CellResult(n, f"part-{n}", time.time(), "demo", InspectionResult(decision, score, 0.5, error="bad frame" if decision == "ERROR" else None))
+
+
+@contextmanager
+def plc_sink(plc_client: dict[str, Any], state_dir: Path) -> Iterator[tuple[PlcClientSink, OpcUaConfig]]:
+    """A started ``PlcClientSink`` for the ``plc_client`` section of a cell's opcua config, stopped afterwards."""
+    section = {"users": [{"name": "plc", "password_hash": PASSWORD_HASH}], "plc_client": plc_client}
+    config = parse_opcua_config(section, "cell.yaml", state_dir)
+    assert config.plc_client is not None
+    sink = PlcClientSink(config.plc_client, config)
+    sink.start()
+    try:
+        yield sink, config
+    finally:
+        sink.stop()
 
 
 def wait_for(predicate, timeout_s: float = 15.0) -> None:
@@ -109,38 +125,31 @@ def test_results_are_written_typed_and_survive_a_plc_restart(tmp_path: Path, cap
     caplog.set_level(logging.CRITICAL, logger="asyncua")
     port = free_port()
     plc = FakePlcServer(port).start()
-    section = {
-        "users": [{"name": "plc", "password_hash": PASSWORD_HASH}],
-        "plc_client": {
-            "endpoint": f"opc.tcp://127.0.0.1:{port}/plc",
-            "nodes": {field: f"ns=2;s={identifier}" for field, (identifier, _) in PLC_NODES.items()},
-            "reconnect_s": 0.2,
-            "timeout_s": 2,
-        },
+    plc_client = {
+        "endpoint": f"opc.tcp://127.0.0.1:{port}/plc",
+        "nodes": {field: f"ns=2;s={identifier}" for field, (identifier, _) in PLC_NODES.items()},
+        "reconnect_s": 0.2,
+        "timeout_s": 2,
     }
-    config = parse_opcua_config(section, "cell.yaml", tmp_path)
-    assert config.plc_client is not None
-    sink = PlcClientSink(config.plc_client, config)
-    sink.start()
     try:
-        sink.publish(result(1, "NOK"))
-        wait_for(lambda: plc.values.get("result_id") == 1)
-        assert plc.values["part_id"] == "part-1" and plc.values["decision"] == 1 and plc.values["ok"] is False
-        assert plc.values["score"] == pytest.approx(0.25)
-        assert isinstance(plc.values["timestamp"], datetime)
-        assert plc.write_order[-1] == "result_id", "the id is written after the data it announces"
+        with plc_sink(plc_client, tmp_path) as (sink, _):
+            sink.publish(result(1, "NOK"))
+            wait_for(lambda: plc.values.get("result_id") == 1)
+            assert plc.values["part_id"] == "part-1" and plc.values["decision"] == 1 and plc.values["ok"] is False
+            assert plc.values["score"] == pytest.approx(0.25)
+            assert isinstance(plc.values["timestamp"], datetime)
+            assert plc.write_order[-1] == "result_id", "the id is written after the data it announces"
 
-        plc.stop()
-        for n in (2, 3, 4):
-            sink.publish(result(n, "ERROR" if n == 3 else "OK"))
-        plc = FakePlcServer(port).start()
-        wait_for(lambda: plc.values.get("result_id") == 4)
-        assert plc.result_ids == [2, 3, 4], "results queued while the PLC was down arrive in order after reconnect"
-        assert sink.reconnects >= 1 and sink.dropped == 0 and sink.pending() == 0
-        assert plc.values["part_id"] == "part-4" and plc.values["decision"] == 0 and plc.values["ok"] is True
-        assert sink.written == 4
+            plc.stop()
+            for n in (2, 3, 4):
+                sink.publish(result(n, "ERROR" if n == 3 else "OK"))
+            plc = FakePlcServer(port).start()
+            wait_for(lambda: plc.values.get("result_id") == 4)
+            assert plc.result_ids == [2, 3, 4], "results queued while the PLC was down arrive in order after reconnect"
+            assert sink.reconnects >= 1 and sink.dropped == 0 and sink.pending() == 0
+            assert plc.values["part_id"] == "part-4" and plc.values["decision"] == 0 and plc.values["ok"] is True
+            assert sink.written == 4
     finally:
-        sink.stop()
         plc.stop()
 
 
@@ -149,25 +158,18 @@ def test_secure_plc_connection_with_user(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("OKCELL_TEST_PLC_PASSWORD", "plc-secret")
     port = free_port()
     plc = FakePlcServer(port, tmp_path / "plc-pki").start()
-    section = {
-        "users": [{"name": "plc", "password_hash": PASSWORD_HASH}],
-        "plc_client": {
-            "endpoint": f"opc.tcp://127.0.0.1:{port}/plc",
-            "security": "Basic256Sha256_SignAndEncrypt",
-            "username": "vision",
-            "password_env": "OKCELL_TEST_PLC_PASSWORD",
-            "nodes": {"result_id": "ns=2;s=Vision.ResultId", "score": "ns=2;s=Vision.Score"},
-        },
+    plc_client = {
+        "endpoint": f"opc.tcp://127.0.0.1:{port}/plc",
+        "security": "Basic256Sha256_SignAndEncrypt",
+        "username": "vision",
+        "password_env": "OKCELL_TEST_PLC_PASSWORD",
+        "nodes": {"result_id": "ns=2;s=Vision.ResultId", "score": "ns=2;s=Vision.Score"},
     }
-    config = parse_opcua_config(section, "cell.yaml", tmp_path / "state")
-    assert config.plc_client is not None
-    sink = PlcClientSink(config.plc_client, config)
-    sink.start()
     try:
-        sink.publish(result(7, "NOK"))
-        wait_for(lambda: plc.values.get("result_id") == 7)
-        assert plc.values["score"] == pytest.approx(1.75)
-        assert (config.pki_dir / "server_cert.der").is_file(), "the cell's own certificate identifies it to the PLC"
+        with plc_sink(plc_client, tmp_path / "state") as (sink, config):
+            sink.publish(result(7, "NOK"))
+            wait_for(lambda: plc.values.get("result_id") == 7)
+            assert plc.values["score"] == pytest.approx(1.75)
+            assert (config.pki_dir / "server_cert.der").is_file(), "the cell's own certificate identifies it to the PLC"
     finally:
-        sink.stop()
         plc.stop()

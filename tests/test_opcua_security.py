@@ -6,37 +6,26 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from asyncua import Client, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
-from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.ua.uaerrors import UaStatusCodeError
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography import x509
 
-from edge.opcua.security import SERVER_CERT, SERVER_KEY, ensure_server_certificate
+from edge.opcua.security import SERVER_CERT, SERVER_KEY, TrustedClientValidator, ensure_server_certificate
 from edge.opcua.server import APPLICATION_URI, OpcUaServer
 from okcell.result import InspectionResult
-from opcua_support import PASSWORD, USER, DrivenCell, cell_node, free_port, make_config, var
-
-SECURE = ["Basic256Sha256_SignAndEncrypt", "Basic256Sha256_Sign"]
-CLIENT_URI = "urn:test:plc-client"
+from opcua_support import (
+    CLIENT_URI, PASSWORD, SECURE, USER, cell_node, serving, free_port, make_client_cert, make_config, var,
+)
 
 
 def inspection(cycle: int, part_id: str) -> InspectionResult:
     return InspectionResult("OK", 0.1, 0.5)
-
-
-def make_client_cert(folder: Path, name: str) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / f"{name}.der", folder / f"{name}.pem"
-    asyncio.run(setup_self_signed_certificate(
-        key, cert, CLIENT_URI, socket.gethostname(), [ExtendedKeyUsageOID.CLIENT_AUTH], {"organizationName": "test"}
-    ))
-    return cert, key
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +34,9 @@ def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Op
     config = make_config(state, free_port(), security=SECURE, anonymous=True)
     trusted = make_client_cert(tmp_path_factory.mktemp("client"), "trusted_client")
     untrusted = make_client_cert(tmp_path_factory.mktemp("stranger"), "stranger")
-    cell = DrivenCell(inspection)
-    server = OpcUaServer(config, cell)
-    cell.sinks.append(server)
-    server.start()
-    shutil.copy(trusted[0], config.trusted_dir / "trusted_client.der")  # trusted while running: no restart needed
-    yield server, config.pki_dir, trusted, untrusted
-    server.stop()
-    cell.close()
+    with serving(inspection, config) as (_, server):
+        shutil.copy(trusted[0], config.trusted_dir / "trusted_client.der")  # trusted while running: no restart needed
+        yield server, config.pki_dir, trusted, untrusted
 
 
 async def secure_client(url: str, cert: tuple[Path, Path], mode: ua.MessageSecurityMode, user: str | None, password: str | None) -> Client:
@@ -164,16 +148,52 @@ def test_users_cannot_write_result_variables(secure_server) -> None:
 
 def test_policy_none_only_when_configured_and_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="okcell")
-    cell = DrivenCell(inspection)
-    server = OpcUaServer(make_config(tmp_path, free_port(), security=["Basic256Sha256_SignAndEncrypt", "None"]), cell)
-    server.start()
-    try:
+    with serving(inspection, make_config(tmp_path, free_port(), security=["Basic256Sha256_SignAndEncrypt", "None"])) as (_, server):
         assert any("security policy None is enabled" in record.getMessage() for record in caplog.records)
 
         async def endpoints() -> set[str]:
             return {e.SecurityMode.name for e in await Client(server.endpoint_url).connect_and_get_server_endpoints()}
 
         assert asyncio.run(endpoints()) == {"SignAndEncrypt", "None_"}
-    finally:
-        server.stop()
-        cell.close()
+
+
+def present(validator: TrustedClientValidator, cert: Path) -> None:
+    """Present ``cert`` to the server's validator as a connecting client's CreateSession does."""
+    description = ua.ApplicationDescription(ApplicationUri=CLIENT_URI, ApplicationType=ua.ApplicationType.Client)
+    asyncio.run(validator(x509.load_der_x509_certificate(cert.read_bytes()), description))
+
+
+def reject(validator: TrustedClientValidator, cert: Path) -> int:
+    """The status code ``cert`` is refused with."""
+    with pytest.raises(ServiceError) as caught:
+        present(validator, cert)
+    return caught.value.code
+
+
+def test_an_empty_trusted_folder_refuses_and_keeps_the_certificate(tmp_path: Path) -> None:
+    """A fresh install: nothing trusted yet (or only files that are no certificates) - the client is refused as
+    untrusted and its certificate lands in rejected/ for the operator to move."""
+    trusted, rejected = tmp_path / "trusted", tmp_path / "rejected"
+    trusted.mkdir()
+    rejected.mkdir()
+    cert, _ = make_client_cert(tmp_path / "client", "plc")
+    validator = TrustedClientValidator(trusted, rejected)
+    assert reject(validator, cert) == ua.StatusCodes.BadCertificateUntrusted
+    (trusted / "notes.pem").write_text("not a certificate")
+    assert reject(validator, cert) == ua.StatusCodes.BadCertificateUntrusted
+    assert [path.read_bytes() for path in rejected.iterdir()] == [cert.read_bytes()]
+    shutil.move(next(rejected.iterdir()), trusted)
+    present(validator, cert)  # trusted now: accepted
+
+
+def test_rejected_folder_keeps_only_the_newest_certificates(tmp_path: Path) -> None:
+    trusted, rejected = tmp_path / "trusted", tmp_path / "rejected"
+    trusted.mkdir()
+    rejected.mkdir()
+    validator = TrustedClientValidator(trusted, rejected, keep=3)
+    certs = [make_client_cert(tmp_path / "clients", f"stranger{n}")[0] for n in range(5)]
+    for cert in certs:
+        assert reject(validator, cert) == ua.StatusCodes.BadCertificateUntrusted
+    assert sorted(path.read_bytes() for path in rejected.iterdir()) == sorted(cert.read_bytes() for cert in certs[2:])
+    reject(validator, certs[0])  # back again: stored as the newest, the oldest kept one goes
+    assert sorted(path.read_bytes() for path in rejected.iterdir()) == sorted(c.read_bytes() for c in [certs[0], *certs[3:]])

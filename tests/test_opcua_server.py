@@ -14,7 +14,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 from edge.opcua.server import OpcUaServer
 from okcell.result import InspectionResult
 from okcell.schema import ConfigError
-from opcua_support import DrivenCell, EventCollector, cell_node, connect, free_port, make_config, subscribe_results, var
+from opcua_support import DrivenCell, EventCollector, cell_node, connect, free_port, make_config, serving, session, subscribe_results, var
 
 
 def scripted_inspection(cycle: int, part_id: str) -> InspectionResult:
@@ -26,13 +26,8 @@ def scripted_inspection(cycle: int, part_id: str) -> InspectionResult:
 
 @pytest.fixture(scope="module")
 def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DrivenCell, OpcUaServer]]:
-    cell = DrivenCell(scripted_inspection)
-    server = OpcUaServer(make_config(tmp_path_factory.mktemp("state"), free_port()), cell, status_period_s=0.05)
-    cell.sinks.append(server)
-    server.start()
-    yield cell, server
-    server.stop()
-    cell.close()
+    with serving(scripted_inspection, make_config(tmp_path_factory.mktemp("state"), free_port()), status_period_s=0.05) as running:
+        yield running
 
 
 @pytest.fixture
@@ -99,9 +94,7 @@ def test_bad_method_arguments_return_bad_status_and_cell_keeps_running(cell_serv
     cell, server = cell_server
 
     async def scenario() -> None:
-        client = await connect(server.endpoint_url)
-        try:
-            cell_obj, idx = await cell_node(client)
+        async with session(server.endpoint_url) as (client, cell_obj, idx):
             trigger = ua.QualifiedName("Trigger", idx)
             recipes = client.get_node(ua.NodeId("Cell.Recipes", idx))
             activate = ua.QualifiedName("ActivateRecipe", idx)
@@ -111,6 +104,9 @@ def test_bad_method_arguments_return_bad_status_and_cell_keeps_running(cell_serv
                 (cell_obj, trigger, [], ua.StatusCodes.BadArgumentsMissing),
                 (cell_obj, trigger, [ua.Variant("a"), ua.Variant("b")], ua.StatusCodes.BadTooManyArguments),
                 (cell_obj, trigger, [ua.Variant("x" * 300)], ua.StatusCodes.BadInvalidArgument),
+                (cell_obj, trigger, [ua.Variant("nul\x00byte")], ua.StatusCodes.BadInvalidArgument),
+                (cell_obj, trigger, [ua.Variant("line\nfeed")], ua.StatusCodes.BadInvalidArgument),
+                (cell_obj, trigger, [ua.Variant("c1\x85control")], ua.StatusCodes.BadInvalidArgument),
                 (recipes, activate, [ua.Variant(3.5, ua.VariantType.Double)], ua.StatusCodes.BadInvalidArgument),
                 (recipes, activate, [ua.Variant("no-such-recipe")], ua.StatusCodes.BadInvalidArgument),
                 (cell_obj, ua.QualifiedName("Start", idx), [ua.Variant(1, ua.VariantType.Int32)], ua.StatusCodes.BadTooManyArguments),
@@ -125,8 +121,6 @@ def test_bad_method_arguments_return_bad_status_and_cell_keeps_running(cell_serv
             result_id = await cell_obj.call_method(trigger, ua.Variant("after-bad-calls"))
             assert result_id == cell.cycle
             assert await var(client, idx, "State.CurrentStateName").read_value() == "Operational"
-        finally:
-            await client.disconnect()
 
     asyncio.run(scenario())
 
@@ -136,9 +130,7 @@ def test_recipe_activation_refuses_a_bad_recipe_and_keeps_the_current_one(cell_s
     cell.bad_recipes.add("demo-b")
 
     async def scenario() -> None:
-        client = await connect(server.endpoint_url)
-        try:
-            _, idx = await cell_node(client)
+        async with session(server.endpoint_url) as (client, _, idx):
             recipes = client.get_node(ua.NodeId("Cell.Recipes", idx))
             activate = ua.QualifiedName("ActivateRecipe", idx)
             assert await var(client, idx, "Recipes.AvailableRecipeIds").read_value() == ["demo", "demo-b"]
@@ -153,8 +145,6 @@ def test_recipe_activation_refuses_a_bad_recipe_and_keeps_the_current_one(cell_s
             assert cell.active_recipe == "demo-b"
             assert await var(client, idx, "Recipes.ActiveRecipeId").read_value() == "demo-b"
             assert await var(client, idx, "Recipes.LastActivationError").read_value() == ""
-        finally:
-            await client.disconnect()
 
     asyncio.run(scenario())
 
@@ -163,9 +153,7 @@ def test_state_machine_start_stop_reset_and_error_text(cell_server: tuple[Driven
     cell, server = cell_server
 
     async def scenario() -> None:
-        client = await connect(server.endpoint_url)
-        try:
-            cell_obj, idx = await cell_node(client)
+        async with session(server.endpoint_url) as (client, cell_obj, idx):
             await cell_obj.call_method(ua.QualifiedName("Stop", idx))
             assert await var(client, idx, "State.CurrentStateName").read_value() == "Halted"
             assert await var(client, idx, "State.CurrentState").read_value() == 3
@@ -184,8 +172,6 @@ def test_state_machine_start_stop_reset_and_error_text(cell_server: tuple[Driven
             assert await var(client, idx, "State.Backend").read_value() == "onnxruntime"
             assert await var(client, idx, "Diagnostics.FetchTimeouts").read_value() == 3
             assert await var(client, idx, "Diagnostics.Reconnects").read_value() == 1
-        finally:
-            await client.disconnect()
 
     asyncio.run(scenario())
 
@@ -194,9 +180,7 @@ def test_error_results_are_published_with_their_reason(cell_server: tuple[Driven
     _, server = cell_server
 
     async def scenario() -> None:
-        client = await connect(server.endpoint_url)
-        try:
-            cell_obj, idx = await cell_node(client)
+        async with session(server.endpoint_url) as (client, cell_obj, idx):
             collector = EventCollector()
             await subscribe_results(client, idx, collector)
             result_id = await cell_obj.call_method(ua.QualifiedName("Trigger", idx), ua.Variant("broken-1"))
@@ -206,8 +190,6 @@ def test_error_results_are_published_with_their_reason(cell_server: tuple[Driven
             assert event.ErrorText == "frame could not be decoded"
             assert await var(client, idx, "Results.ErrorText").read_value() == "frame could not be decoded"
             assert await var(client, idx, "Results.DecisionText").read_value() == "ERROR"
-        finally:
-            await client.disconnect()
 
     asyncio.run(scenario())
 
@@ -222,9 +204,7 @@ def test_server_restarts_and_a_subscribed_client_reconnects(tmp_path: Path, capl
     url = first.endpoint_url
 
     async def scenario() -> None:
-        client = await connect(url, auto_reconnect=True, reconnect_max_delay=0.5)
-        try:
-            cell_obj, idx = await cell_node(client)
+        async with session(url, auto_reconnect=True, reconnect_max_delay=0.5) as (client, cell_obj, idx):
             collector = EventCollector()
             await subscribe_results(client, idx, collector)
             await cell_obj.call_method(ua.QualifiedName("Trigger", idx), ua.Variant("before-restart"))
@@ -246,8 +226,6 @@ def test_server_restarts_and_a_subscribed_client_reconnects(tmp_path: Path, capl
                 assert collector.events[-1].ResultId == result_id
             finally:
                 await asyncio.to_thread(second.stop)
-        finally:
-            await client.disconnect()
 
     try:
         asyncio.run(scenario())

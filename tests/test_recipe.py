@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +13,9 @@ from okcell.labelled import LabelledEmbeddings
 from okcell.recipe import BANK_FILE, LABELLED_FILE, MANIFEST_FILE, Recipe, compute_recipe_id
 from okcell.images import list_images, read_image
 from okcell.roi import Roi
-from okcell.sidecar import ModelSidecar, load_verified
+from okcell.sidecar import ModelSidecar
 from okcell.schema import ConfigError
 from okcell.sizing import Sizing
-
-
-@pytest.fixture(scope="module")
-def sidecar(exported_model: Path) -> ModelSidecar:
-    return load_verified(exported_model)
-
-
-@pytest.fixture
-def recipe_copy(demo_recipe: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(demo_recipe, tmp_path / "recipe"))
 
 
 def _edit_manifest(directory: Path, edit, keep_id: bool = True) -> None:
@@ -48,6 +37,8 @@ def test_load_exposes_what_the_runtime_needs(demo_recipe: Path, demo_images: Pat
     assert manifest["model"]["sha256"] == sidecar.sha256
     assert manifest["bank"]["index"] == {"library": "hnswlib", "space": "ip", "M": 16, "ef_construction": 200, "ef": 64}
     assert manifest["calibration"]["ok_images"] == 30 and manifest["calibration"]["peak_rss_mb"] > 0
+    low, high = manifest["calibration"]["ok_score_range"]  # held-out OK scores; the threshold is one of them
+    assert 0 <= low < recipe.threshold <= high <= 2
     assert set(manifest["risk"]["recall"]) == {"scratch", "stain", "hole", "contamination"}
     assert recipe.labelled is not None and recipe.labelled.counts["OK"] == 30
     assert (demo_recipe / "report.png").stat().st_size > 10_000
@@ -96,6 +87,44 @@ def test_forged_manifest_fields_are_checked(recipe_copy: Path, sidecar: ModelSid
         Recipe.load(recipe_copy, sidecar)
     (recipe_copy / MANIFEST_FILE).write_text("{ not json")
     with pytest.raises(ConfigError, match="manifest.json: not valid JSON"):
+        Recipe.load(recipe_copy, sidecar)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["risk"].update(threshold=1e6),
+     r"field 'risk.threshold' is 1000000.0; allowed \[0\.\d+, 0\.\d+\] \(held-out OK scores at calibration\)"),
+    (lambda m: m["risk"].update(threshold=float("nan")), r"field 'risk.threshold' is nan; allowed \[0\.\d+, 0\.\d+\]"),
+    (lambda m: m["calibration"].update(ok_score_range=[0, 1e6]),
+     r"field 'calibration.ok_score_range' is \[0, 1000000.0\]; allowed \[low, high\] with 0 <= low <= high <= 2"),
+    (lambda m: m["risk"].update(target_frr=1.5), r"field 'risk.target_frr' is 1.5; allowed \[0, 1\)"),
+    (lambda m: m["risk"].update(confidence=1.0), r"field 'risk.confidence' is 1.0; allowed \(0, 1\)"),
+    (lambda m: m["scoring"].update(k=10**6), r"field 'scoring.k' is 1000000; allowed \[1, 770\] \(the bank size\)"),
+    (lambda m: m["scoring"].update(decision="NOK if image score < threshold"),
+     r"field 'scoring.decision' is 'NOK if image score < threshold'; allowed 'NOK if image score > threshold'"),
+    (lambda m: m["input"].update(roi=[200, 0, 100, 100]),
+     r"field 'input.roi' is \[200, 0, 100, 100\]; allowed inside the 256x256 px reference images"),
+    (lambda m: m["input"].update(image_size=[256, 0]), r"field 'input.image_size' is \[256, 0\]; allowed \[height, width\]"),
+    (lambda m: m["bank"].update(size=0), r"field 'bank.size' is 0; allowed \[1, 7680\] \(bank.max_size, bank.patches_seen\)"),
+    (lambda m: m["bank"].update(coreset_ratio=0.0), r"field 'bank.coreset_ratio' is 0.0; allowed \(0, 1\]"),
+    (lambda m: m["bank"].update(patches_seen=3), r"field 'bank.patches_seen' is 3; allowed \[30, inf\] "
+                                                  r"\(at least one per OK image \(30\)\)"),
+    (lambda m: m["bank"]["index"].update(ef=1), r"field 'bank.index.ef' is 1; allowed \[64, 64\] \(bank.ef_tuning.ef\)"),
+    (lambda m: m["bank"]["ef_tuning"].update(ef=0), r"field 'bank.ef_tuning.ef' is 0; allowed \[1, 2048\]"),
+    (lambda m: m["model"].update(embedding_dim=7), r"field 'model.embedding_dim' is 7; allowed \[384, 384\] \(the model's\)"),
+    (lambda m: m["labelled"].update(k=0), r"field 'labelled.k' is 0; allowed \[3, 3\] \(as in labelled.npz\)"),
+    (lambda m: m["labelled"]["counts"].update(OK=3), r"field 'labelled.counts' is \{'OK': 3, .*; allowed as in labelled.npz: \{'OK': 30, "),
+    (lambda m: m["calibration"].update(folds=1), r"field 'calibration.folds' is 1; allowed \[2, 30\] \(calibration.ok_images\)"),
+])
+def test_forged_values_out_of_range_are_refused(recipe_copy: Path, sidecar: ModelSidecar, edit, message: str) -> None:
+    """A forger who recomputes the recipe id still cannot load values the calibration could not have written."""
+    _edit_manifest(recipe_copy, edit, keep_id=False)
+    with pytest.raises(ConfigError, match=rf"{recipe_copy / MANIFEST_FILE}: {message}"):
+        Recipe.load(recipe_copy, sidecar)
+
+
+def test_recipe_of_an_older_format_is_refused(recipe_copy: Path, sidecar: ModelSidecar) -> None:
+    _edit_manifest(recipe_copy, lambda m: m.update(format_version=1), keep_id=False)
+    with pytest.raises(ConfigError, match=r"field 'format_version' is 1, this okcell reads 2; recalibrate with `okcell calibrate`"):
         Recipe.load(recipe_copy, sidecar)
 
 

@@ -7,13 +7,15 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import TypeGuard
 
 import pytest
 
+from edge.acquisition.harvester_source import HarvesterSource
 from okcell.result import CellResult
 from edge.runtime.service import CellService
 from okcell.schema import ConfigError
-from service_support import NotifyListener, capture_viky_frames, viky_camera, write_cell_config
+from service_support import NotifyListener, capture_viky_frames, ready_process, viky_camera, write_cell_config
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,11 @@ def run_until(service: CellService, cycles: int, timeout_s: float) -> None:
     while service.cycle - service.start_cycle < cycles:
         assert time.monotonic() < deadline, f"only {service.cycle - service.start_cycle} cycles in {timeout_s} s"
         time.sleep(0.05)
+
+
+def all_present(results: list[CellResult | None]) -> TypeGuard[list[CellResult]]:
+    """Every trigger got its result (none timed out)."""
+    return all(r is not None for r in results)
 
 
 def assert_archive_matches(service: CellService, expected_cycles: list[int]) -> list[dict]:
@@ -98,7 +105,7 @@ def test_software_triggers_mono8_ready_after_warm_up(exported_model, recipes, tm
     finally:
         service.shutdown()
     assert ids == list(range(service.start_cycle + 1, service.start_cycle + 101))
-    assert all(isinstance(r, CellResult) for r in results)
+    assert all_present(results)
     assert [r.part_id for r in results] == [f"P{i:03d}" for i in range(100)]
     assert {r.decision for r in results} <= {"OK", "NOK"}, {r.inspection.error for r in results}
     assert sum(r.decision == "OK" for r in results) >= 50  # the recipe was calibrated on this camera's frames
@@ -117,7 +124,9 @@ def test_device_loss_gives_error_results_then_reconnects(exported_model, recipes
     try:
         ids += [service.request_trigger(f"before-{i}") for i in range(10)]
         assert service.wait_result(ids[-1], 60) is not None
-        service.source.acquirer.destroy()  # the device goes away under the running loop
+        camera = service.source
+        assert isinstance(camera, HarvesterSource) and camera.acquirer is not None
+        camera.acquirer.destroy()  # the device goes away under the running loop
         ids += [service.request_trigger(f"during-{i}") for i in range(10)]
         assert service.wait_result(ids[-1], 60) is not None
         deadline = time.monotonic() + 30
@@ -128,11 +137,11 @@ def test_device_loss_gives_error_results_then_reconnects(exported_model, recipes
         results = [service.wait_result(cycle, 60) for cycle in ids]
     finally:
         service.shutdown()
-    assert all(r is not None for r in results), "a trigger was lost"
+    assert all_present(results), "a trigger was lost"
     decisions = [r.decision for r in results]
     assert "ERROR" not in decisions[:10] and "ERROR" not in decisions[-10:]
     errors = [r.inspection.error for r in results if r.decision == "ERROR"]
-    assert errors and all("camera" in e for e in errors), errors
+    assert errors and all(e is not None and "camera" in e for e in errors), errors
     assert service.source.stats.losses >= 1 and service.source.stats.reconnects >= 1
     assert_archive_matches(service, ids)
 
@@ -227,11 +236,11 @@ def test_recipe_reload_keeps_every_cycle_and_refuses_a_bad_recipe(exported_model
         feeder.join()
         last = [service.wait_result(c, 60) for c in ids]
         service.shutdown()
-    assert all(r is not None for r in last), "a cycle was lost across the recipe switches"
+    assert all_present(last), "a cycle was lost across the recipe switches"
     recipe_ids = [r.recipe_id for r in last]
     assert recipe_ids[0] == old_id and recipe_ids[-1] != old_id
     switched = recipe_ids.index(recipe_ids[-1])
-    assert all(r.decision == "ERROR" and "mono" in r.inspection.error for r in last[switched:]), \
+    assert all(r.decision == "ERROR" and "mono" in (r.inspection.error or "") for r in last[switched:]), \
         "colour frames on a mono recipe are ERROR, never OK"
     assert_archive_matches(service, ids)
 
@@ -271,34 +280,21 @@ def test_short_soak_memory_stays_flat(exported_model, recipes, tmp_path):
 def test_okcell_run_process_under_a_notify_socket(exported_model, recipes, demo_images, tmp_path):
     """``okcell run`` as systemd starts it: READY=1, STATUS, SIGHUP reload, SIGTERM drains and exits 0."""
     import signal
-    import subprocess
     import sys
 
-    listener = NotifyListener(tmp_path / "notify.sock")
     replay = {"replay": {"images": str(demo_images / "holdout" / "ok"), "rate_hz": 5}}
     config = write_cell_config(tmp_path / "cell", exported_model, recipes / "demo", replay, "free_run")
-    env = {**os.environ, "NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"}
     okcell = Path(sys.executable).parent / "okcell"
-    process = subprocess.Popen([str(okcell), "run", "--config", str(config.path)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not any(m.startswith("READY=1") for m in listener.all):
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "no READY=1"
-            time.sleep(0.1)
+    with ready_process([str(okcell), "run", "--config", str(config.path)], tmp_path / "notify.sock",
+                       env={"WATCHDOG_USEC": "1000000"}) as (process, listener):
         time.sleep(2.0)
         process.send_signal(signal.SIGHUP)
         time.sleep(1.0)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        messages = listener.all
     assert process.returncode == 0, output
     assert "recipe" in output and "reloaded" in output
-    messages = listener.all
-    listener.close()
     assert any(m.startswith("WATCHDOG=1\nSTATUS=Operational; cycle ") for m in messages)
     assert messages[-1] == "STOPPING=1" or "STOPPING=1" in messages
     rows = ResultArchiveReader.rows(config, 0)

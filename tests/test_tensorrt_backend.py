@@ -24,8 +24,9 @@ from edge.backends.tensorrt_backend import CudaGraphs, l2_normalise
 from edge.cli import build_engine as cli_build_engine
 from export.engine_sidecar import engine_sidecar_path
 from okcell.sidecar import ModelSidecar
-from export.tensorrt_build import BatchProfile, BuildOptions, ParserIssue, ProgressPrinter, batch_profile, unsupported_report
+from export.tensorrt_build import BatchProfile, BuildOptions, BuildPhases, ParserIssue, batch_profile, unsupported_report
 from okcell.schema import ConfigError
+from gpu_support import require_cuda_device
 
 GPU_EXTRA_MISSING = gpu_extra_missing()
 needs_tensorrt = pytest.mark.skipif(GPU_EXTRA_MISSING is not None, reason=f"needs the gpu extra: missing {GPU_EXTRA_MISSING}")
@@ -83,14 +84,23 @@ def test_unsupported_node_report() -> None:
     assert "unsupported operator(s): LayerNormalization" in lines[3]
 
 
-def test_progress_lines_are_rate_limited_unless_forced() -> None:
+def test_build_phases_give_bounded_lines_and_a_summary_per_phase() -> None:
+    """The IProgressMonitor calls of a build (a top-level phase, nested phases of many steps) in a log."""
     out = io.StringIO()
-    printer = ProgressPrinter(out)
-    printer.line("Building engine (12 steps)", force=True)
-    printer.line("tactics 1/12")  # within 0.5 s of the last line: dropped
-    printer.line("Building engine done", force=True)
+    phases = BuildPhases(out)
+    phases.start("Building engine", None, 40)
+    for step in range(40):
+        phases.start("Tactic search", "Building engine", 500)
+        for tactic in range(500):
+            phases.step("Tactic search", tactic)
+        phases.finish("Tactic search")
+        phases.step("Building engine", step)
+    phases.finish("Building engine")
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("build-engine [") and lines[1].endswith("Building engine done")
+    assert 10 <= len(lines) <= 12  # a line per tenth (and one per 30 s), not one per step
+    assert all(line.startswith("build-engine: Building engine: ") for line in lines)
+    assert lines[0].startswith("build-engine: Building engine: 4/40 steps") and lines[0].endswith("Tactic search 500/500")
+    assert lines[-1].startswith("build-engine: Building engine: 40/40 steps in ")
 
 
 def build_engine_cli(argv: list[str]) -> int:
@@ -142,24 +152,10 @@ def test_l2_normalise_outputs_float32_unit_vectors() -> None:
     np.testing.assert_allclose(normalised, [[0.6, 0.8], [0.0, 0.0]], atol=1e-6)
 
 
-def _cuda_graph_runtime() -> None:
-    try:
-        import pycuda.driver as cuda
-        from cuda.bindings import runtime  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"CUDA-graph check needs pycuda and cuda-python: {exc}")
-    try:
-        cuda.init()
-        if cuda.Device.count() == 0:
-            pytest.skip("CUDA-graph check needs a CUDA device; none found")
-    except cuda.Error as exc:
-        pytest.skip(f"CUDA-graph check needs a CUDA device: {exc}")
-
-
 def test_cuda_graph_replays_the_preprocessing_with_new_frames() -> None:
     """Capture upload + kernel once, then replay it for other frames of the same shape: each result must equal
     the CPU reference for *that* frame (the graph reads the re-staged page-locked buffers)."""
-    _cuda_graph_runtime()
+    require_cuda_device("CUDA-graph check", modules=("cuda.bindings.runtime",))
     import pycuda.driver as cuda
 
     from edge.backends.gpu_preprocess import GpuPreprocessor

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.thresholds import RateEstimate, assess, assign_folds, choose_threshold, clopper_pearson_upper
+from calibration.thresholds import (RateEstimate, assess, assign_folds, chance_of_at_least, choose_threshold,
+                                    clopper_pearson_upper)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +67,14 @@ def test_folds_are_balanced_and_seeded() -> None:
     assert not np.array_equal(folds, assign_folds(23, 5, seed=5))
     with pytest.raises(ValueError, match="per fold"):
         assign_folds(3, 5)
+
+
+def test_chance_of_at_least_some_events_at_a_given_rate():
+    assert chance_of_at_least(2, 3, 0.5) == pytest.approx(0.5)  # 3/8 + 1/8
+    assert chance_of_at_least(1, 2, 0.1) == pytest.approx(0.19)  # 1 - 0.9 ** 2
+    assert chance_of_at_least(0, 5, 0.01) == 1.0
+
+
+def test_a_recall_carries_its_lower_bound():
+    found = RateEstimate(events=9, total=10)  # lower bound = 1 - upper bound of 1 miss in 10
+    assert found.lower95 == pytest.approx(1.0 - clopper_pearson_upper(1, 10))

@@ -117,3 +117,33 @@ def test_notify_never_blocks_when_nobody_reads(tmp_path: Path):
     sent = [notifier.status(f"cycle {i}") for i in range(200)]
     assert time.monotonic() - started < 5.0, "sd_notify blocked the caller"
     assert sent[0] and not all(sent)  # the first ones queued, the rest were dropped instead of blocking
+
+
+def test_a_recovered_stage_is_reported_once_it_works_again(tmp_path: Path):
+    """Recovery is the watchdog's finding (a restarted stage completed work), reported through ``recovered``;
+    reading the status never changes the cell."""
+    heartbeat = StageHeartbeat("outputs", budget_s=0.05)
+    recovered: list[str] = []
+    reads: list[int] = []
+
+    def status() -> tuple[bool, str]:
+        reads.append(1)
+        return True, "cycle 9"
+
+    watchdog = CellWatchdog(SdNotifier(str(tmp_path / "absent.sock")), [heartbeat], status, lambda stage: True,
+                            recovered=lambda: recovered.append("cell"))
+    for _ in range(2):  # the stage worked before it stalled
+        heartbeat.begin()
+        heartbeat.end()
+    heartbeat.begin()
+    time.sleep(0.1)
+    assert not watchdog.check().healthy and watchdog.attempts == {"outputs": 1}
+    assert recovered == []  # stalled, restarted, not yet working again
+    heartbeat.busy_since = None  # the cell restarts the stage: idle, waiting for work (e.g. a slow inference)
+    assert watchdog.check().healthy and recovered == [] and watchdog.attempts == {"outputs": 1}  # idle is not working
+    heartbeat.begin()  # the restarted stage takes an item ...
+    heartbeat.end()  # ... and finishes it
+    assert watchdog.check().healthy
+    assert recovered == ["cell"] and watchdog.attempts == {"outputs": 0}
+    watchdog.check()
+    assert recovered == ["cell"] and reads  # reported once; status was only read

@@ -70,7 +70,15 @@ class HarvesterSource:
             self.close()
             raise
 
-    def _open(self) -> None:
+    def check(self) -> None:
+        """Discover, open and configure the device without acquiring, then release it; raises what ``open`` would."""
+        try:
+            self._configure()
+        finally:
+            self.close()
+        log.info("%s: checked (%s trigger), features %s", self.name, self.trigger_mode, self.applied_features)
+
+    def _configure(self) -> ImageAcquirer:
         harvester = Harvester()
         self._harvester = harvester
         for cti in self.settings.producers:
@@ -86,6 +94,10 @@ class HarvesterSource:
         source = self.settings.config_source
         self.applied_features = apply_features(node_map, self.settings.features, source)
         self._configure_trigger(node_map, source)
+        return acquirer
+
+    def _open(self) -> None:
+        acquirer = self._configure()
         acquirer.num_buffers = max(self.settings.num_buffers, 1)
         acquirer.start()
         self._last_frame_id = None
@@ -160,7 +172,10 @@ class HarvesterSource:
         (key, value), = selector.items()
         if key == "index":
             if not 0 <= value < len(devices):
-                raise SourceLost(f"{self.name}: no device at index {value}; devices: {available}")
+                raise ConfigError(
+                    f"{self.settings.config_source}: camera.device.index {value}: only {len(devices)} "
+                    f"camera{'s' if len(devices) > 1 else ''} found; devices: {available}"
+                )
             return int(value)
         matches = [i for i, p in enumerate(properties) if p.get(key) is not None and str(p.get(key)) == str(value)]
         if not matches:

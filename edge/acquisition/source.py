@@ -70,6 +70,10 @@ class FrameSource(Protocol):
         """Connect and start acquisition; raises ConfigError for bad settings, SourceLost if the device is absent."""
         ...
 
+    def check(self) -> None:
+        """Connect and apply the settings without acquiring, then disconnect; raises what ``open`` would."""
+        ...
+
     def grab(self, part_id: str, timeout_s: float) -> Frame:
         """The frame for the next trigger (software: fire it now). Raises SourceTimeout or SourceLost."""
         ...

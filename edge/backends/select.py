@@ -1,7 +1,8 @@
 """Backend selection (config ``backend: auto|tensorrt|onnxruntime``).
 
 ``auto`` takes TensorRT when an engine exists and the ``gpu`` extra (tensorrt + pycuda) imports, and otherwise
-ONNX Runtime with a one-line warning saying why. ``tensorrt`` asked for explicitly never falls back.
+ONNX Runtime with a one-line warning saying why. ``tensorrt`` asked for explicitly never falls back. Every choice is
+logged in one line: ``backend NAME: why``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def open_extractor(
     onnx_path = Path(onnx_path)
     engine = Path(engine_path) if engine_path is not None else default_engine_path(onnx_path)
     if backend == "onnxruntime":
+        log.info("backend onnxruntime: asked for (CPU)")
         return _onnxruntime(onnx_path, threads)
     missing = gpu_extra_missing()
     if backend == "tensorrt":
@@ -39,17 +41,22 @@ def open_extractor(
                 f"backend 'tensorrt': engine {engine} not found; build it on this machine: "
                 f"okcell build-engine {onnx_path} -o {engine}"
             )
-        return _tensorrt(engine, onnx_path)
+        extractor = _tensorrt(engine, onnx_path)
+        log.info("backend tensorrt: asked for, engine %s", engine)
+        return extractor
     if not engine.is_file():
         reason = f"no TensorRT engine at {engine} (build one with `okcell build-engine {onnx_path}`)"
     elif missing:
         reason = f"engine {engine.name} found but the gpu extra is missing: {missing}"
     else:
         try:
-            return _tensorrt(engine, onnx_path)
+            extractor = _tensorrt(engine, onnx_path)
         except ConfigError as exc:
             reason = f"engine not usable: {exc}"
-    log.warning("backend auto: using ONNX Runtime (CPU): %s", " ".join(reason.split()))
+        else:
+            log.info("backend tensorrt: auto found engine %s and the gpu extra", engine)
+            return extractor
+    log.warning("backend onnxruntime: auto fell back to ONNX Runtime (CPU): %s", " ".join(reason.split()))
     return _onnxruntime(onnx_path, threads)
 
 

@@ -5,7 +5,6 @@ with the configured backend, and peak RSS. ``--source viky`` uses the virtual ca
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -13,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.acquisition.producers import viky_producer
+from okcell.memory import peak_rss_mb
 from okcell.names import BACKENDS
+from okcell.progress import Progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             if service.source.trigger_mode == "software":
                 raise ConfigError(f"{config.path}: bench cell measures self-triggered cells (free_run or hardware)")
-            wait_cycles(service, args.warmup)
+            wait_cycles(service, args.warmup, "bench cell warm-up")
             service.timings = type(service.timings)()  # statistics from here on
             started = time.monotonic()
-            wait_cycles(service, args.cycles, progress=True)
+            wait_cycles(service, args.cycles, "bench cell")
             elapsed = time.monotonic() - started
         finally:
             service.shutdown()
@@ -113,17 +114,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_cycles(service: Any, cycles: int, progress: bool = False) -> None:
+def wait_cycles(service: Any, cycles: int, label: str) -> None:
+    """Wait until the self-triggered cell has finished ``cycles`` more cycles, showing progress."""
     target = service.cycle + cycles
-    shown = -1
-    while service.cycle < target:
-        time.sleep(0.2)
-        done = min(cycles, cycles - (target - service.cycle))
-        if progress and done // 10 != shown:
-            shown = done // 10
-            print(f"\rbench cell: {done}/{cycles} cycles", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+    with Progress(label, cycles, "cycles") as progress:
+        while service.cycle < target:
+            time.sleep(0.2)
+            progress.advance(min(cycles, cycles - (target - service.cycle)) - progress.done)
 
 
 def print_report(service: Any, cycles: int, elapsed: float, backend: str) -> None:
@@ -136,5 +133,5 @@ def print_report(service: Any, cycles: int, elapsed: float, backend: str) -> Non
     for name in sorted(summary, key=lambda n: order.index(n) if n in order else len(order)):
         print(f"{name:<12} {summary[name]['p50']:>9.1f} {summary[name]['p99']:>9.1f}")
     print(f"counts {service.counts}; frames dropped {stats.dropped}, fetch timeouts {stats.timeouts}")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"peak RSS {peak_rss_mb():.0f} MiB")
     print("cycle = frame arrival -> result archived; wait = arrival -> inference start; inspect = Inspector total")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from okcell.memory import peak_rss_mb
+from okcell.progress import Progress
 
 BENCH_CLIENT_URI = "urn:okcell:bench-client"
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from edge.runtime.control import CellStatus
-    from edge.opcua.config import parse_opcua_config
+    from edge.runtime.opcua_config import parse_opcua_config
     from edge.opcua.security import hash_password
     from edge.opcua.server import OpcUaServer
     from okcell.result import CellResult, InspectionResult
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         """Only status() is used: the bench publishes results itself."""
 
         def status(self) -> CellStatus:
-            return CellStatus("Operational", "", True, "bench", "bench", ("bench",), 0, 0)
+            return CellStatus("Operational", "", True, "bench", "bench", ("bench",), 0, 0, {}, None, None)
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="okcell-bench-publish-") as state:
@@ -70,28 +71,27 @@ def run(args: argparse.Namespace) -> int:
         period = 1.0 / args.rate if args.rate > 0 else 0.0
         next_time = time.perf_counter()
         try:
-            for cycle in range(1, args.results + 1):
-                inspection = InspectionResult("NOK" if cycle % 10 == 0 else "OK", 0.3, 0.5, "good", anomaly, {"cycle": 40.0})
-                result = CellResult(cycle, cycle, f"bench-{cycle}", time.time(), "bench", inspection, frame)
-                started, started_cpu = time.perf_counter(), time.thread_time()
-                server.publish(result)
-                ended, ended_cpu = time.perf_counter(), time.thread_time()
-                publish_cpu_ms.append((ended_cpu - started_cpu) * 1000.0)
-                sent_at[cycle] = time.monotonic()
-                publish_ms.append((ended - started) * 1000.0)
-                if cycle % 200 == 0 or cycle == args.results:
-                    print(f"\rpublished {cycle}/{args.results}", end="", file=sys.stderr, flush=True)
-                next_time += period
-                pause = next_time - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-            print(file=sys.stderr)
+            with Progress("published", args.results, "results") as progress:
+                for cycle in range(1, args.results + 1):
+                    inspection = InspectionResult("NOK" if cycle % 10 == 0 else "OK", 0.3, 0.5, "good", anomaly, {"cycle": 40.0})
+                    result = CellResult(cycle, f"bench-{cycle}", time.time(), "bench", inspection, frame)
+                    started, started_cpu = time.perf_counter(), time.thread_time()
+                    server.publish(result)
+                    ended, ended_cpu = time.perf_counter(), time.thread_time()
+                    publish_cpu_ms.append((ended_cpu - started_cpu) * 1000.0)
+                    sent_at[cycle] = time.monotonic()
+                    publish_ms.append((ended - started) * 1000.0)
+                    progress.advance()
+                    next_time += period
+                    pause = next_time - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
             time.sleep(1.0)  # let the last events reach the clients
         finally:
             received = listener.stop()
             server.stop()
     latency = [(received[key] - sent_at[key[1]]) * 1000.0 for key in received if key[1] in sent_at]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_mb = peak_rss_mb()
     publish = np.asarray(publish_ms)
     print(f"okcell bench publish: {args.results} results at {args.rate:g}/s, {args.subscribers} subscriber(s), "
           "Basic256Sha256 SignAndEncrypt")

@@ -12,7 +12,6 @@ Two measurements:
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -21,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from okcell.memory import peak_rss_mb
+from okcell.progress import Progress
 DEFAULT_SIZES = "10000,50000,100000,250000"
 
 
@@ -42,10 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def percentiles(values: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def relative_errors(approx: np.ndarray, exact: np.ndarray) -> np.ndarray:
@@ -81,19 +78,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(label: str, done: int, total: int) -> None:
-    from calibration.demo_data import stderr_progress
-
-    stderr_progress(label)(done, total)
-
-
 def _image_patches(extractor: Any, paths: list[Path], label: str) -> list[np.ndarray]:
     from okcell.images import read_image
 
     out = []
-    for i, path in enumerate(paths):
-        out.append(extractor.extract([read_image(path)]).patches[0])
-        _progress(label, i + 1, len(paths))
+    with Progress(label, len(paths), "images") as progress:
+        for path in paths:
+            out.append(extractor.extract([read_image(path)]).patches[0])
+            progress.advance()
     return out
 
 
@@ -110,18 +102,19 @@ def recipe_check(extractor: Any, sidecar: Any, recipe_dir: Path, images: Path, t
         raise ConfigError(f"{images}: no images for the recipe check")
     exact = ExactPatchScorer(bank_vectors(recipe.scorer.index), k=recipe.scorer.k, aggregation=recipe.scorer.aggregation)
     hnsw_scores, exact_scores, hnsw_ms, exact_ms, recall = [], [], [], [], []
-    for i, path in enumerate(paths):
-        patches = extractor.extract([recipe.crop(read_image(path))]).patches
-        start = time.perf_counter()
-        h_image, h_patch = recipe.scorer.score(patches)
-        middle = time.perf_counter()
-        e_image, e_patch = exact.score(patches)
-        hnsw_ms.append((middle - start) * 1e3)
-        exact_ms.append((time.perf_counter() - middle) * 1e3)
-        hnsw_scores.append(float(h_image[0]))
-        exact_scores.append(float(e_image[0]))
-        recall.append(float(np.mean(np.isclose(h_patch, e_patch, atol=1e-6))))
-        _progress("recipe check", i + 1, len(paths))
+    with Progress("recipe check", len(paths), "images") as progress:
+        for path in paths:
+            patches = extractor.extract([recipe.crop(read_image(path))]).patches
+            start = time.perf_counter()
+            h_image, h_patch = recipe.scorer.score(patches)
+            middle = time.perf_counter()
+            e_image, e_patch = exact.score(patches)
+            hnsw_ms.append((middle - start) * 1e3)
+            exact_ms.append((time.perf_counter() - middle) * 1e3)
+            hnsw_scores.append(float(h_image[0]))
+            exact_scores.append(float(e_image[0]))
+            recall.append(float(np.mean(np.isclose(h_patch, e_patch, atol=1e-6))))
+            progress.advance()
     errors = relative_errors(np.array(hnsw_scores), np.array(exact_scores))
     decisions_differ = sum((h > recipe.threshold) != (e > recipe.threshold) for h, e in zip(hnsw_scores, exact_scores))
     print(f"\nrecipe {recipe.recipe_id}: bank {recipe.scorer.bank_size} patches, ef {recipe.scorer.index.ef}, "

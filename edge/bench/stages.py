@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from okcell.memory import peak_rss_mb, reset_peak_rss
 from okcell.names import BACKENDS, INSPECTION_TIMINGS
+from okcell.progress import Progress
 
-STAGES = (*INSPECTION_TIMINGS, "overlay_png")
+BENCH_TIMINGS = (*INSPECTION_TIMINGS, "overlay_png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,26 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=int, default=20, help="OK parts the bench recipe is calibrated on (default 20)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the figures as JSON")
     parser.add_argument("--one-size", type=int, default=None, help=argparse.SUPPRESS)  # child process
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark of this process (Linux >= 4.0); False if not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS since the last reset (VmHWM), else since the process started."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def model_path(models_dir: Path, size: int) -> Path:
@@ -119,7 +100,7 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
     import cv2
 
     from calibration.build import CalibrationSettings, calibrate
-    from calibration.demo_data import DemoCounts, stderr_progress, write_demo_set
+    from calibration.demo_data import DemoCounts, write_demo_set
     from okcell.recipe import Recipe
     from edge.backends.select import open_extractor
     from okcell.images import read_image
@@ -143,22 +124,22 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
             gc.collect()
             reset = reset_peak_rss()
             frames = [read_image(p) for p in sorted((root / "parts" / "holdout").rglob("*.png"))]
-            timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
+            timings: dict[str, list[float]] = {stage: [] for stage in BENCH_TIMINGS}
             total = args.warmup + args.frames
-            progress = stderr_progress(f"{size}x{size} inspections")
-            for i in range(total):
-                frame = frames[i % len(frames)]
-                result = inspector.inspect(frame)
-                if result.decision == "ERROR":
-                    raise RuntimeError(f"bench inspection failed: {result.error}")
-                start = time.perf_counter()
-                ok, _ = cv2.imencode(".png", inspector.overlay(frame, result))
-                overlay_ms = (time.perf_counter() - start) * 1e3
-                if i >= args.warmup:
-                    for stage in STAGES[:-1]:
-                        timings[stage].append(result.timings_ms[stage])
-                    timings["overlay_png"].append(overlay_ms)
-                progress(i + 1, total)
+            with Progress(f"{size}x{size} inspections", total, "frames") as progress:
+                for i in range(total):
+                    frame = frames[i % len(frames)]
+                    result = inspector.inspect(frame)
+                    if result.decision == "ERROR":
+                        raise RuntimeError(f"bench inspection failed: {result.error}")
+                    start = time.perf_counter()
+                    ok, _ = cv2.imencode(".png", inspector.overlay(frame, result))
+                    overlay_ms = (time.perf_counter() - start) * 1e3
+                    if i >= args.warmup:
+                        for stage in BENCH_TIMINGS[:-1]:
+                            timings[stage].append(result.timings_ms[stage])
+                        timings["overlay_png"].append(overlay_ms)
+                    progress.advance()
             inspection_peak = peak_rss_mb() if reset else None
             backend = extractor.backend_name
             layers = list(extractor.sidecar.layers)
@@ -181,10 +162,10 @@ def measure_size(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print("peak RSS: of the process while it calibrated the bench recipe / while it only inspected (MB)")
-    print(f"{'size':>5} {'backend':<12} {'blocks':>6} {'bank':>6} " + " ".join(f"{s + ' p50/p99':>22}" for s in STAGES)
+    print(f"{'size':>5} {'backend':<12} {'blocks':>6} {'bank':>6} " + " ".join(f"{s + ' p50/p99':>22}" for s in BENCH_TIMINGS)
           + f" {'peak RSS calib/insp':>20}")
     for r in results:
-        cells = " ".join(f"{'{:.1f}/{:.1f}'.format(r['p50_ms'][s], r['p99_ms'][s]):>22}" for s in STAGES)
+        cells = " ".join(f"{'{:.1f}/{:.1f}'.format(r['p50_ms'][s], r['p99_ms'][s]):>22}" for s in BENCH_TIMINGS)
         inspection = "-" if r["peak_rss_mb_inspection"] is None else f"{r['peak_rss_mb_inspection']:.0f}"
         memory = f"{r['peak_rss_mb_calibration']:.0f}/{inspection}"
         blocks = ",".join(map(str, r["layers"]))

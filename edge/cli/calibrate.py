@@ -9,18 +9,29 @@ from okcell.bank_index import IndexParams
 from calibration.augment import AUGMENTATIONS, parse_augment
 from calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, CalibrationSummary
 from calibration.report import risk_lines
+from okcell.recipe import MANIFEST_FILE
 from okcell.roi import Roi
 from okcell.names import BACKENDS
+from okcell.signing import signature_path
 from okcell.sizing import DEFAULT_TILE_OVERLAP, SIZING_MODES, Sizing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="exported ONNX model (its .json sidecar beside it)")
     parser.add_argument("--ok", type=Path, required=True, help="folder of OK reference images")
     parser.add_argument("--nok", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
                         help="NOK folder(s), one per defect (label = folder name); a folder of defect folders also works")
     parser.add_argument("--synthetic", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
                         help="synthetic reference folder(s) (e.g. `okcell synthesize` output), labelled synthetic:<name>")
+    parser.add_argument("--out", type=Path, required=True, help="recipe directory to write")
+    parser.add_argument("--force", action="store_true", help="replace an existing recipe (only once the new one is complete)")
+    parser.add_argument("--sign-key", type=Path, default=None, metavar="KEY",
+                        help="sign the recipe with this private key (okcell keygen): writes manifest.json.sig")
+    add_settings_arguments(parser)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """The model, backend and calibration settings (shared with ``okcell evaluate``, which calibrates the same way)."""
+    parser.add_argument("--model", type=Path, required=model_required, help="exported ONNX model (its .json sidecar beside it)")
     parser.add_argument("--roi", default=None, metavar="X,Y,W,H", help="inspected region in image pixels")
     parser.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate of OK parts (default 0.01)")
     parser.add_argument("--folds", type=int, default=5, help="folds for held-out OK scores (default 5)")
@@ -55,8 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per inference batch if the model allows (default 8)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and the index (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed for folds and projections (default 0)")
-    parser.add_argument("--out", type=Path, required=True, help="recipe directory to write")
-    parser.add_argument("--force", action="store_true", help="replace an existing recipe (only once the new one is complete)")
 
 
 def print_summary(summary: CalibrationSummary) -> None:
@@ -70,16 +79,17 @@ def print_summary(summary: CalibrationSummary) -> None:
     print(f"  bank {summary.bank_size} patches ({100 * ratio:.1f} % of {manifest['bank']['patches_seen']})")
     print(f"  peak RSS {summary.peak_rss_mb:.0f} MB")
     print(f"  report {summary.out / 'report.png'}")
+    if summary.signed_by is not None:
+        print(f"  signed with key {summary.signed_by} ({signature_path(summary.out / MANIFEST_FILE)})")
 
 
-def run(args: argparse.Namespace) -> int:
-    from calibration.build import calibrate
-    from edge.backends.select import open_extractor
-
+def settings_from_args(args: argparse.Namespace, ok_dir: Path, nok_dirs: tuple[Path, ...] = (),
+                       synthetic_dirs: tuple[Path, ...] = ()) -> CalibrationSettings:
+    """Validated calibration settings from the options of :func:`add_settings_arguments` and the input folders."""
     settings = CalibrationSettings(
-        ok_dir=args.ok,
-        nok_dirs=tuple(args.nok),
-        synthetic_dirs=tuple(args.synthetic),
+        ok_dir=ok_dir,
+        nok_dirs=nok_dirs,
+        synthetic_dirs=synthetic_dirs,
         roi=None if args.roi is None else Roi.parse(args.roi),
         target_frr=args.target_frr,
         folds=args.folds,
@@ -97,9 +107,19 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     settings.validate()
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from calibration.build import calibrate
+    from edge.backends.select import open_extractor
+    from okcell.signing import load_private_key
+
+    settings = settings_from_args(args, args.ok, tuple(args.nok), tuple(args.synthetic))
+    signing_key = None if args.sign_key is None else load_private_key(args.sign_key)
     extractor = open_extractor(args.model, args.backend, args.engine, args.threads)
     try:
-        summary = calibrate(extractor, args.model, settings, args.out, args.force)
+        summary = calibrate(extractor, args.model, settings, args.out, args.force, signing_key)
     finally:
         extractor.close()
     print_summary(summary)

@@ -24,14 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calibration.demo_data import DemoCounts, stderr_progress, write_demo_set
+    from calibration.demo_data import DemoCounts, write_demo_set
     from okcell.schema import ConfigError
 
     counts = DemoCounts(args.train_ok, args.calib_nok, args.holdout_ok, args.holdout_nok)
     for field, value in vars(counts).items():
         if value < 0:
             raise ConfigError(f"--{field.replace('_', '-')} must be >= 0, found {value}")
-    manifest = write_demo_set(args.out, args.part, args.size, counts, args.seed, stderr_progress("demo-data"))
+    manifest = write_demo_set(args.out, args.part, args.size, counts, args.seed)
     print(f"demo data ({manifest['part']}, {manifest['size']} px, seed {manifest['seed']}) written to {args.out}")
     print(json.dumps(manifest["counts"]))
     return 0

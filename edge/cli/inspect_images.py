@@ -1,7 +1,8 @@
 """``okcell inspect``: inspect image files (or folders of them, recursively) with a recipe.
 
-One line per image (JSON lines with ``--json``); a bad image gives an ERROR line naming the file and the rest are
-still inspected; the exit status is 1 if any image gave ERROR. ``--truth-from-folders`` scores the decisions
+One line per image (JSON lines with ``--json``); a bad image (unreadable, truncated, a broken or looping symbolic
+link, not inspectable with the recipe, its overlay not writable) gives an ERROR line naming the file once and the rest
+are still inspected; the exit status is 1 if any image gave ERROR. ``--truth-from-folders`` scores the decisions
 against ``ok`` / ``nok/<defect>`` folder names (confusion table, false-reject and escape rates, image AUROC).
 """
 
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference backend (auto: TensorRT if an engine is given and usable, else ONNX Runtime)")
     parser.add_argument("--engine", type=Path, default=None, help="TensorRT engine built from --model (GPU machines)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and search (default: all)")
+    parser.add_argument("--verify-key", type=Path, default=None, metavar="PUB",
+                        help="accept only a recipe signed with the private key of this public key (okcell keygen)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     parser.add_argument("--out", type=Path, default=None, help="write heatmap overlays (PNG) and a score summary here")
     parser.add_argument("--colormap", choices=("turbo", "jet"), default="turbo", help="heatmap colours (default turbo)")
@@ -38,15 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def collect_images(paths: list[Path]) -> list[tuple[Path, Path]]:
-    """(image file, overlay name relative to --out) for every PATH; ConfigError for a PATH that does not exist."""
+    """(image file, overlay name relative to --out) for every PATH; ConfigError for a PATH that does not exist.
+    Symbolic links with an image suffix are listed even when broken or looping, so that they get an ERROR line."""
     found: list[tuple[Path, Path]] = []
     for path in paths:
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
             if not files:
                 raise ConfigError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
             found += [(f, f.relative_to(path)) for f in files]
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             found.append((path, Path(path.name)))
         else:
             raise ConfigError(f"{path}: no such file or folder")
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_out(args.out, args.paths)
     sidecar = load_verified(args.model)
-    recipe = Recipe.load(args.recipe, sidecar, threads=args.threads or -1)
+    recipe = Recipe.load(args.recipe, sidecar, threads=args.threads or -1, public_key=args.verify_key)
     extractor = open_extractor(args.model, backend=args.backend, engine_path=args.engine, threads=args.threads)
     inspector = Inspector(extractor, recipe)
     summary_out = sys.stderr if args.json else sys.stdout
@@ -120,44 +125,51 @@ def run(args: argparse.Namespace) -> int:
     errors = 0
     try:
         for path, target in images:
-            record, frame, result = _inspect_file(inspector, path)
+            record = _inspect_file(inspector, path, None if args.out is None else args.out / target, args.colormap)
             errors += record["decision"] == "ERROR"
             print(json.dumps(record) if args.json else text_line(record), flush=True)
             if record["decision"] != "ERROR":
                 for stage, value in record["timings_ms"].items():
                     timings.setdefault(stage, []).append(value)
             tally.add(path, record["decision"], record["score"])
-            if args.out is not None and frame is not None and result is not None:
-                _write_overlay(args.out / target, inspector.overlay(frame, result, args.colormap))
     finally:
         extractor.close()
     _print_summary(tally, timings, errors, len(images), recipe, args, summary_out)
     return 1 if errors else 0
 
 
-def _inspect_file(inspector: Any, path: Path) -> tuple[dict[str, Any], np.ndarray | None, Any]:
+def _inspect_file(inspector: Any, path: Path, overlay: Path | None, colormap: str) -> dict[str, Any]:
+    """The record of one image, its heatmap overlay written to ``overlay`` (if given). Never raises: whatever goes
+    wrong with this image is an ERROR record with the reason (without the path, which the record holds)."""
+    import cv2
+
     from okcell.images import ImageError, read_image
-    from okcell.result import InspectionResult
 
     try:
         frame = read_image(path)
     except ImageError as exc:
-        result = InspectionResult(decision="ERROR", score=None, threshold=inspector.threshold, error=str(exc))
-        return result_record(path, result), None, None
-    except Exception as exc:  # e.g. permission denied
-        result = InspectionResult(decision="ERROR", score=None, threshold=inspector.threshold,
-                                  error=f"{path}: cannot read ({type(exc).__name__}: {exc})")
-        return result_record(path, result), None, None
-    result = inspector.inspect(frame)
-    return result_record(path, result), frame, result
+        return _error_record(inspector, path, exc.reason)
+    except Exception as exc:  # e.g. out of memory decoding a huge file
+        return _error_record(inspector, path, f"cannot read ({type(exc).__name__}: {exc})")
+    result = inspector.inspect(frame)  # never raises: a fault is an ERROR result
+    record = result_record(path, result)
+    if overlay is None:
+        return record
+    try:
+        overlay.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(overlay), inspector.overlay(frame, result, colormap)):
+            raise OSError("cv2.imwrite failed")
+    except Exception as exc:
+        outcome = record["error"] if record["decision"] == "ERROR" else f"{record['decision']}, score {record['score']:.4f}"
+        return _error_record(inspector, path, f"{outcome}; heatmap overlay not written to {overlay} "
+                                              f"({type(exc).__name__}: {exc})")
+    return record
 
 
-def _write_overlay(target: Path, image: np.ndarray) -> None:
-    import cv2
+def _error_record(inspector: Any, path: Path, reason: str) -> dict[str, Any]:
+    from okcell.result import InspectionResult
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(target), image):
-        raise ConfigError(f"{target}: could not write the heatmap overlay")
+    return result_record(path, InspectionResult(decision="ERROR", score=None, threshold=inspector.threshold, error=reason))
 
 
 def _print_summary(tally: Any, timings: dict[str, list[float]], errors: int, total: int, recipe: Any,
@@ -196,16 +208,12 @@ def _print_summary(tally: Any, timings: dict[str, list[float]], errors: int, tot
 def _write_score_report(tally: Any, recipe: Any, path: Path) -> None:
     """Hold-out score histogram with the recipe's threshold (the calibration report's layout)."""
     from calibration.report import write_report
-    from calibration.thresholds import RateEstimate, Risk
+    from calibration.thresholds import risk_at
 
-    threshold = recipe.threshold
     ok = np.array(tally.ok_scores)
-    nok = tally.nok_by_defect
-    detected = {name: RateEstimate(int(np.sum(np.array(s) > threshold)), len(s)) for name, s in nok.items() if s}
-    total_nok = sum(d.total for d in detected.values())
-    escapes = RateEstimate(total_nok - sum(d.events for d in detected.values()), total_nok) if total_nok else None
-    risk = Risk(threshold, float(recipe.manifest["risk"]["target_frr"]),
-                RateEstimate(int(np.sum(ok > threshold)), len(ok)), escapes, detected)
+    nok = {name: np.array(scores) for name, scores in tally.nok_by_defect.items()}
+    risk = risk_at(recipe.threshold, ok, nok, float(recipe.manifest["risk"]["target_frr"]))
+    total_nok = sum(len(s) for s in nok.values())
     header = [f"okcell inspect: recipe {recipe.recipe_id}", f"{len(ok)} OK, {total_nok} NOK images (truth from folders)"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_report(path, ok, {k: np.array(v) for k, v in nok.items()}, risk, header)
+    write_report(path, ok, nok, risk, header)

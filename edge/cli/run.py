@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 log = logging.getLogger("okcell.run")
+_SIGNAL_POLL_S = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
 
     def on_hup(_signum: int, _frame: object) -> None:
         reload.set()
-        stop.set()  # wake the main loop
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -57,16 +57,15 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         service.shutdown(timeout_s=5)
         raise
-    while True:
-        stop.wait()
-        if reload.is_set():
+    # The kernel hands a signal to any thread of the process, but Python runs its handler in the main thread, when
+    # that thread next runs Python code: so the main thread never blocks for longer than _SIGNAL_POLL_S. A stop
+    # request wins over a reload that arrived with it.
+    while not stop.is_set():
+        if reload.wait(_SIGNAL_POLL_S) and not stop.is_set():
             reload.clear()
-            stop.clear()
             try:
                 log.info("SIGHUP: recipe %s reloaded", service.reload_recipe())
             except ConfigError as exc:
                 log.error("SIGHUP: new recipe refused, keeping %s: %s", service.recipe_id, exc)
-            continue
-        break
     service.shutdown()
     return 0

@@ -18,10 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calibration.demo_data import stderr_progress
     from calibration.synthetic import parse_kinds, synthesize_folder
 
     kinds = parse_kinds(args.kinds)
-    manifest = synthesize_folder(args.source, args.out, kinds, args.count, args.seed, stderr_progress("synthesize"))
+    manifest = synthesize_folder(args.source, args.out, kinds, args.count, args.seed)
     print(f"{manifest['images']} synthetic NOK images from {manifest['sources']} OK images written to {args.out}")
     return 0

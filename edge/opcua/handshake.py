@@ -2,7 +2,8 @@
 
 Under ``Cell.Handshake`` (timing diagram in docs/opcua.md)::
 
-    1. PLC waits for Busy = False, writes PartId, then TriggerRequest = True
+    1. PLC waits for Busy = False, writes PartId (refused with BadOutOfRange unless check_part_id accepts it),
+       then TriggerRequest = True
     2. cell: Busy = True, ResultValid = False, HandshakeError = "", queues one trigger
     3. cell: result variables written, ResultCounter + 1, then ResultValid = True
        (a refused trigger or a timeout sets HandshakeError instead and leaves ResultValid = False)
@@ -19,9 +20,11 @@ import logging
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
-from asyncua import Server
+from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
 
 from edge.opcua.address_space import CellNodes, read_value, write_value
+from edge.runtime.control import InvalidPartId, check_part_id
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,19 @@ class PollingHandshake:
         self._timeout_s = result_timeout_s
         self._wake = asyncio.Event()
         self._request_id = nodes.node_id("Handshake.TriggerRequest")
+        self._part_id = nodes.node_id("Handshake.PartId")
+
+    def check_client_write(self, event: Any, _dispatcher: Any) -> None:
+        """``CallbackType.PreWrite`` listener: refuse the whole Write (``BadOutOfRange``, nothing written) if it
+        would set a PartId that :func:`check_part_id` refuses."""
+        for item in event.request_params.NodesToWrite:
+            value = item.Value.Value.Value if item.Value.Value is not None else None
+            if item.NodeId == self._part_id and item.AttributeId == ua.AttributeIds.Value and isinstance(value, str):
+                try:
+                    check_part_id(value)
+                except InvalidPartId as exc:
+                    log.warning("handshake PartId write refused: %s", exc)
+                    raise ServiceError(ua.StatusCodes.BadOutOfRange) from exc
 
     def on_client_write(self, event: Any, _dispatcher: Any) -> None:
         """``CallbackType.PostWrite`` listener: wake the state machine when TriggerRequest was written."""

@@ -19,7 +19,7 @@ from asyncua import Client, ua
 from asyncua.crypto import security_policies
 
 from edge.runtime.control import ResultRecord
-from edge.opcua.config import OpcUaConfig, PlcClientConfig
+from edge.runtime.opcua_config import OpcUaConfig, PlcClientConfig
 from edge.opcua.security import ensure_server_certificate
 from okcell.result import CellResult
 

@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from asyncua import Server, ua
 from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key, generate_self_signed_app_certificate
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
 from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.uacrypto import load_certificate
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.common.utils import ServiceError
 from cryptography import x509
@@ -28,7 +30,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from edge.opcua.config import OpcUaConfig, UserAccount
+from edge.opcua import endpoint_guard
+from edge.runtime.opcua_config import OpcUaConfig, UserAccount
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ PBKDF2_ITERATIONS = 200_000
 CERT_DAYS = 3650  # an unattended cell must not lose its endpoint after a year
 SERVER_CERT = "server_cert.der"
 SERVER_KEY = "server_key.pem"
+REJECTED_KEEP = 100  # certificates kept in rejected/ (the newest; anyone can add one without logging in)
 
 _POLICY_TYPES = {
     "Basic256Sha256_SignAndEncrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
@@ -93,16 +97,36 @@ class CellPermissions(PermissionRuleset):
         return action_type_id in self._allowed[user.role]
 
 
+class FolderTrustStore(TrustStore):
+    """asyncua's trust store over the trusted/ folder, except that a folder without certificates trusts nobody
+    (asyncua raises ``ValueError`` there, so a fresh install refused every client with BadInternalError) and a file
+    that is no certificate is skipped with a warning instead of failing every connection."""
+
+    async def load_trust(self) -> None:
+        certs: list[x509.Certificate] = []
+        for location in self.trust_locations:
+            for path in sorted(location.iterdir()):
+                if path.suffix.lower() not in (".der", ".pem"):
+                    continue
+                try:
+                    certs.append(await load_certificate(path))
+                except ValueError as exc:
+                    log.warning("OPC UA: %s in the trusted folder is not a certificate (%s); ignored", path, exc)
+        self._trust_store = x509.verification.Store(certs) if certs else None  # None: is_trusted() says no
+
+
 class TrustedClientValidator:
     """Accept client certificates found in ``trusted/`` (re-read on every new session, so no restart is needed);
-    a refused certificate is copied to ``rejected/`` so an operator can move it to ``trusted/``."""
+    a refused certificate is copied to ``rejected/`` so an operator can move it to ``trusted/``. ``rejected/`` keeps
+    the ``keep`` newest certificates (a refused one that comes back counts as new), the oldest go."""
 
-    def __init__(self, trusted_dir: Path, rejected_dir: Path) -> None:
+    def __init__(self, trusted_dir: Path, rejected_dir: Path, keep: int = REJECTED_KEEP) -> None:
         self._trusted_dir = trusted_dir
         self._rejected_dir = rejected_dir
+        self._keep = keep
 
     async def __call__(self, certificate: x509.Certificate, app_description: ua.ApplicationDescription) -> None:
-        store = TrustStore([self._trusted_dir], [])
+        store = FolderTrustStore([self._trusted_dir], [])
         await store.load()
         validator = CertificateValidator(
             CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, store
@@ -110,13 +134,29 @@ class TrustedClientValidator:
         try:
             await validator.validate(certificate, app_description)
         except ServiceError:
-            name = f"{_safe_name(app_description.ApplicationUri)}_{certificate.fingerprint(hashes.SHA256()).hex()[:12]}.der"
-            (self._rejected_dir / name).write_bytes(certificate.public_bytes(Encoding.DER))
+            path = self._keep_rejected(certificate, app_description.ApplicationUri)
             log.warning(
                 "OPC UA client certificate of %s refused; to trust it move %s to %s",
-                app_description.ApplicationUri, self._rejected_dir / name, self._trusted_dir,
+                app_description.ApplicationUri, path, self._trusted_dir,
             )
             raise
+
+    def _keep_rejected(self, certificate: x509.Certificate, app_uri: str) -> Path:
+        """Write ``certificate`` to rejected/ as the newest file, then drop the oldest beyond ``keep``."""
+        name = f"{_safe_name(app_uri)}_{certificate.fingerprint(hashes.SHA256()).hex()[:12]}.der"
+        path = self._rejected_dir / name
+        path.write_bytes(certificate.public_bytes(Encoding.DER))
+        now = time.time_ns()  # explicit: file times may be coarser than the time between two refusals
+        os.utime(path, ns=(now, now))
+        kept: list[tuple[int, Path]] = []
+        for candidate in self._rejected_dir.glob("*.der"):
+            try:
+                kept.append((candidate.stat().st_mtime_ns, candidate))
+            except FileNotFoundError:  # moved to trusted/ meanwhile
+                continue
+        for _, old in sorted(kept, reverse=True)[self._keep:]:
+            old.unlink(missing_ok=True)
+        return path
 
 
 def ensure_server_certificate(pki_dir: Path, app_uri: str, hostname: str | None = None) -> tuple[Path, Path]:
@@ -158,6 +198,7 @@ async def apply_security(server: Server, config: OpcUaConfig, app_uri: str) -> N
             "encrypted and passwords travel in clear text; use it only on an isolated network"
         )
     server.set_security_policy([_POLICY_TYPES[name] for name in config.security], permission_ruleset=CellPermissions())
+    endpoint_guard.install()  # sessions only on the policies and modes set here; a None channel is for discovery
     tokens: list[type] = [ua.UserNameIdentityToken]
     if config.anonymous:
         tokens.append(ua.AnonymousIdentityToken)

@@ -6,20 +6,18 @@ import asyncio
 import logging
 import queue
 import threading
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-import numpy as np
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
 from edge.opcua.address_space import CellNodes, build_address_space, write_value
 from okcell.names import CELL_STATES
-from edge.runtime.control import CellControl, CellStatus, ResultRecord, TriggerRefused
-from edge.opcua.config import OpcUaConfig
+from edge.runtime.control import CellControl, CellStatus, InvalidPartId, ResultRecord, TriggerRefused, check_part_id
+from edge.runtime.opcua_config import OpcUaConfig
 from edge.opcua.handshake import PollingHandshake, PublishedResults
 from edge.opcua.security import apply_security
 from okcell.result import CellResult
@@ -28,7 +26,6 @@ from okcell.schema import ConfigError
 log = logging.getLogger(__name__)
 
 APPLICATION_URI = "urn:okcell:server"
-MAX_PART_ID = 256
 
 
 class OpcUaServer:
@@ -36,12 +33,10 @@ class OpcUaServer:
 
     name = "opcua"
 
-    def __init__(self, config: OpcUaConfig, control: CellControl, status_period_s: float = 0.25, cycle_window: int = 1000) -> None:
+    def __init__(self, config: OpcUaConfig, control: CellControl, status_period_s: float = 0.25) -> None:
         self._config = config
         self._control = control
         self._status_period_s = status_period_s
-        self._cycle_ms: deque[float] = deque(maxlen=cycle_window)
-        self._counts = {"OK": 0, "NOK": 0, "ERROR": 0}
         self._published = PublishedResults()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="opcua-call")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,6 +142,7 @@ class OpcUaServer:
         nodes = await build_address_space(server, self._config.namespace, handlers)
         self._server, self._nodes = server, nodes
         handshake = PollingHandshake(server, nodes, self._trigger, self._published, self._config.result_timeout_s)
+        server.subscribe_server_callback(CallbackType.PreWrite, handshake.check_client_write)
         server.subscribe_server_callback(CallbackType.PostWrite, handshake.on_client_write)
         event = await server.get_event_generator(nodes.event_type, nodes.cell)
         try:
@@ -219,8 +215,6 @@ class OpcUaServer:
             await write_value(server, nodes, f"Results.{name}", value)
         self._counter = (self._counter + 1) % 2**32
         await write_value(server, nodes, "Handshake.ResultCounter", self._counter)
-        self._counts[record.decision] += 1
-        self._cycle_ms.append(record.processing_ms)
         for name, value in values.items():
             setattr(event.event, name, value)
         await event.trigger(message=f"result {record.result_id}: {record.decision}")
@@ -239,8 +233,6 @@ class OpcUaServer:
         assert server is not None and nodes is not None
         status: CellStatus = self._control.status()
         state = status.state if status.state in CELL_STATES else "Error"
-        cycle = np.asarray(self._cycle_ms, dtype=np.float64)
-        p50, p99 = (float(np.percentile(cycle, 50)), float(np.percentile(cycle, 99))) if cycle.size else (0.0, 0.0)
         updates = {
             "State.CurrentState": CELL_STATES.index(state),
             "State.CurrentStateName": state,
@@ -249,11 +241,11 @@ class OpcUaServer:
             "State.Backend": status.backend,
             "Recipes.AvailableRecipeIds": list(status.available_recipes),
             "Recipes.ActiveRecipeId": status.active_recipe,
-            "Diagnostics.CountOK": self._counts["OK"],
-            "Diagnostics.CountNOK": self._counts["NOK"],
-            "Diagnostics.CountERROR": self._counts["ERROR"],
-            "Diagnostics.CycleTimeP50Ms": p50,
-            "Diagnostics.CycleTimeP99Ms": p99,
+            "Diagnostics.CountOK": status.counts.get("OK", 0),
+            "Diagnostics.CountNOK": status.counts.get("NOK", 0),
+            "Diagnostics.CountERROR": status.counts.get("ERROR", 0),
+            "Diagnostics.CycleTimeP50Ms": status.cycle_p50_ms or 0.0,
+            "Diagnostics.CycleTimeP99Ms": status.cycle_p99_ms or 0.0,
             "Diagnostics.FetchTimeouts": status.fetch_timeouts,
             "Diagnostics.Reconnects": status.reconnects,
         }
@@ -272,8 +264,9 @@ class OpcUaServer:
         bad = _check_arguments(args, [ua.VariantType.String])
         if bad is not None:
             return bad
-        part_id = args[0].Value or ""
-        if len(part_id) > MAX_PART_ID:
+        try:
+            part_id = check_part_id(args[0].Value or "")
+        except InvalidPartId:
             return _argument_error(1, 0, ua.StatusCodes.BadOutOfRange)
         try:
             result_id = await self._trigger(part_id)

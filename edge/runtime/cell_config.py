@@ -15,11 +15,10 @@ from edge.acquisition.camera_settings import FeatureSetting
 from edge.acquisition.harvester_source import DEVICE_KEYS, CameraSettings
 from edge.acquisition.producers import find_producers
 from edge.acquisition.source import TRIGGER_MODES, TriggerMode
-from edge.opcua.config import OpcUaConfig, parse_opcua_config
+from edge.runtime.opcua_config import OpcUaConfig, parse_opcua_config
 from okcell.schema import ConfigError, read_yaml, require_keys
-from okcell.names import BACKENDS
+from okcell.names import BACKENDS, CELL_STAGES
 
-STAGES = ("acquisition", "inference", "outputs")
 SYNC_MODES = ("normal", "full")
 
 
@@ -52,6 +51,7 @@ class ArchiveConfig:
     quota_mb: float = 2048.0
     ok_sample_every: int = 0  # also store every Nth OK frame (0: none)
     sync: str = "normal"  # SQLite synchronous mode in WAL: normal (default) or full
+    min_free_mb: float = 100.0  # keep this much free on the archive's disk: images make way first, then start fails
 
 
 @dataclass
@@ -75,19 +75,20 @@ class CellConfig:
     replay: ReplayConfig | None = None
     opcua: OpcUaConfig | None = None
     queue_depth: int = 4
+    recipe_public_key: Path | None = None  # only recipes signed with its private key load
 
 
 def load_cell_config(path: Path | str) -> CellConfig:
     """Read and validate ``cell.yaml``; raises ConfigError naming the file and key."""
     path = Path(path)
-    data = read_yaml(path, missing_hint="cell config")
+    data = read_yaml(path, missing="cell config not found")
     return parse_cell_config(data, path)
 
 
 def parse_cell_config(data: Any, path: Path) -> CellConfig:
     reader = _Reader(data, path, "")
-    reader.keys({"model", "recipe"},
-                {"name", "state_dir", "camera", "replay", "trigger", "archive", "watchdog", "opcua", "queue_depth"})
+    reader.keys({"model", "recipe"}, {"name", "state_dir", "camera", "replay", "trigger", "archive", "watchdog", "opcua",
+                                      "queue_depth", "recipe_public_key"})
     if "state_dir" in reader.data:
         state_dir = reader.path("state_dir", must_exist=None)
     else:  # systemd's StateDirectory=, else beside the config file
@@ -101,6 +102,7 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
         threads=model.number("threads", int, None, minimum=1),
     )
     recipe = reader.path("recipe", must_exist="dir")
+    public_key = reader.path("recipe_public_key", must_exist="file") if "recipe_public_key" in reader.data else None
     trigger = reader.section("trigger", {})
     trigger.keys(set(), {"mode", "source", "activation", "timeout_s"})
     trigger_config = TriggerConfig(
@@ -117,20 +119,21 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
     if replay is not None and trigger_config.mode == "hardware":
         raise ConfigError(f"{path}: trigger.mode: 'hardware' needs a camera; a replay source is 'software' or 'free_run'")
     archive = reader.section("archive", {})
-    archive.keys(set(), {"directory", "quota_mb", "ok_sample_every", "sync"})
+    archive.keys(set(), {"directory", "quota_mb", "ok_sample_every", "sync", "min_free_mb"})
     archive_config = ArchiveConfig(
         directory=archive.path("directory", must_exist=None) if "directory" in archive.data else state_dir / "archive",
         quota_mb=archive.number("quota_mb", float, 2048.0, minimum=1.0),
         ok_sample_every=archive.number("ok_sample_every", int, 0, minimum=0),
         sync=archive.choice("sync", SYNC_MODES, "normal"),
+        min_free_mb=archive.number("min_free_mb", float, 100.0, minimum=0.0),
     )
     watchdog = reader.section("watchdog", {})
     watchdog.keys(set(), {"budgets_s", "recovery_attempts", "reconnect_backoff_s"})
     budgets = WatchdogConfig().budgets_s
     if "budgets_s" in watchdog.data:
         section = watchdog.section("budgets_s")
-        section.keys(set(), set(STAGES))
-        budgets.update({stage: section.number(stage, float, budgets[stage], minimum=0.1) for stage in STAGES})
+        section.keys(set(), set(CELL_STAGES))
+        budgets.update({stage: section.number(stage, float, budgets[stage], minimum=0.1) for stage in CELL_STAGES})
     backoff = watchdog.data.get("reconnect_backoff_s", [0.5, 10.0])
     if (not isinstance(backoff, list) or len(backoff) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in backoff)
@@ -154,6 +157,7 @@ def parse_cell_config(data: Any, path: Path) -> CellConfig:
         camera=camera,
         replay=replay,
         queue_depth=reader.number("queue_depth", int, 4, minimum=1),
+        recipe_public_key=public_key,
     )
 
 

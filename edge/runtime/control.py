@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
-from okcell.names import DECISIONS, CellState
+from okcell.names import DECISIONS, CellState, Decision
 from okcell.result import CellResult
 
+MAX_PART_ID = 256  # characters
 
 
 class TriggerRefused(RuntimeError):
     """The cell cannot take a trigger now (not Operational, shutting down); nothing was queued."""
+
+
+class InvalidPartId(ValueError):
+    """A part id over :data:`MAX_PART_ID` characters or with a control character; nothing was queued."""
+
+
+def check_part_id(part_id: str) -> str:
+    """Return ``part_id`` if it may name a part (archive, results, events), else raise :class:`InvalidPartId`.
+    Every path that takes a part id from outside (Trigger method, handshake variable, ``request_trigger``) uses it."""
+    if len(part_id) > MAX_PART_ID:
+        raise InvalidPartId(f"part id has {len(part_id)} characters; at most {MAX_PART_ID} are allowed")
+    bad = next((c for c in part_id if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise InvalidPartId(f"part id contains the control character {bad!r} at position {part_id.index(bad)}")
+    return part_id
 
 
 @dataclass(frozen=True)
@@ -28,13 +45,17 @@ class CellStatus:
     available_recipes: tuple[str, ...]
     fetch_timeouts: int
     reconnects: int
+    counts: dict[Decision, int]  # results published since start, by decision
+    cycle_p50_ms: float | None  # over the cell's recent cycles; None before the first
+    cycle_p99_ms: float | None
 
 
 class CellControl(Protocol):
     """Commands from OPC UA to the cell; every method may be called from a worker thread (never the cell's own)."""
 
     def request_trigger(self, part_id: str) -> int:
-        """Queue one software trigger; return its result id (= cycle). Raise :class:`TriggerRefused` if not possible."""
+        """Queue one software trigger; return its result id (= cycle). Raise :class:`TriggerRefused` if not possible,
+        :class:`InvalidPartId` if :func:`check_part_id` refuses ``part_id``."""
         ...
 
     def start(self) -> None: ...

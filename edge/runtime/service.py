@@ -1,8 +1,11 @@
 """The running cell: acquisition -> inference -> outputs, each stage a thread joined by bounded queues.
 
 Every trigger gets exactly one :class:`~okcell.result.CellResult`: OK or NOK from a completed inspection, or
-ERROR with the reason (no frame, camera lost, stage stalled, inspection failed). Cycles are numbered monotonically,
-continuing from the archive. Results go to the archive first (committed) and then to the other sinks.
+ERROR with the reason (no frame, camera lost, stage stalled, inspection failed, cell restarted). Result ids (= cycle
+numbers) are reserved in the archive before they are handed out, so they are never reused, and a trigger accepted
+before a crash is answered with ERROR "cell restarted" at the next start. Results go to the archive first
+(committed) and only then to the other sinks; while the archive fails the cell is in Error and publishes nothing
+(``edge.runtime.archive_guard``).
 
 Control (thread-safe; this implements ``edge.runtime.control.CellControl``):
 ``request_trigger(part_id) -> cycle`` (software trigger), ``add_sink(sink)``, ``wait_result(cycle, timeout)``,
@@ -26,10 +29,11 @@ import numpy as np
 
 from edge.acquisition.replay_source import ReplaySource
 from edge.acquisition.source import FrameSource, SourceError, SourceTimeout
-from edge.runtime.archive import ResultArchive
-from edge.runtime.cell_config import STAGES, CellConfig
-from okcell.names import CellState
-from edge.runtime.control import CellStatus, TriggerRefused
+from edge.runtime.archive import ArchiveError, ResultArchive
+from edge.runtime.archive_guard import ArchiveGuard
+from edge.runtime.cell_config import CellConfig
+from okcell.names import CELL_STAGES, DECISIONS, CellState, Decision
+from edge.runtime.control import CellStatus, TriggerRefused, check_part_id
 from edge.runtime.outputs import ResultSink
 from okcell.result import CellResult, InspectionResult
 from edge.runtime.sdnotify import SdNotifier
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 _IDLE_POLL_S = 0.2
 _TRIGGER_BACKLOG = 1000
 _RECENT_RESULTS = 1024
+RESTARTED = "cell restarted before this trigger was finished"
 
 
 @dataclass
@@ -79,10 +84,12 @@ class CellService:
         self.notifier = notifier or SdNotifier()
         self.source = source or open_source(config)
         self.archive = ResultArchive(config.archive.directory, config.archive.quota_mb,
-                                     config.archive.ok_sample_every, config.archive.sync, overlay=self._overlay)
+                                     config.archive.ok_sample_every, config.archive.sync, overlay=self._overlay,
+                                     min_free_mb=config.archive.min_free_mb)
+        self.guard = ArchiveGuard(self.archive, config.watchdog.reconnect_backoff_s, config.watchdog.recovery_attempts)
         self.sinks: list[ResultSink] = []
         self.timings = TimingWindow()
-        self.counts = {"OK": 0, "NOK": 0, "ERROR": 0}
+        self.counts: dict[Decision, int] = {decision: 0 for decision in DECISIONS}
         self.start_cycle = 0
         self.state: CellState = "Preoperational"
         self.error_text = ""
@@ -98,15 +105,16 @@ class CellService:
         self._frames: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._results: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._late_errors: deque[tuple[CellResult, float]] = deque()
-        self._heartbeats = {stage: StageHeartbeat(stage, config.watchdog.budgets_s[stage]) for stage in STAGES}
-        self._generation = {stage: 0 for stage in STAGES}
-        self._in_flight: dict[str, Any] = {stage: None for stage in STAGES}
+        self._heartbeats: dict[str, StageHeartbeat] = {stage: StageHeartbeat(stage, config.watchdog.budgets_s[stage]) for stage in CELL_STAGES}
+        self._generation: dict[str, int] = {stage: 0 for stage in CELL_STAGES}
+        self._in_flight: dict[str, Any] = {stage: None for stage in CELL_STAGES}
         self._threads: dict[str, threading.Thread] = {}
-        self._done: OrderedDict[int, CellResult] = OrderedDict()
+        self._done: OrderedDict[int, CellResult | None] = OrderedDict()  # None: claimed, not published yet
         self._done_lock = threading.Condition()
         self._status_lock = threading.Lock()
         self.watchdog = CellWatchdog(self.notifier, list(self._heartbeats.values()), self._health_text,
-                                     self.recover_stage, config.watchdog.recovery_attempts)
+                                     self.recover_stage, config.watchdog.recovery_attempts,
+                                     recovered=self._stages_recovered)
 
     # ---- lifecycle --------------------------------------------------------------------------------------
 
@@ -115,17 +123,26 @@ class CellService:
         self.sinks.append(sink)
 
     def startup(self) -> None:
-        """Open archive, model, recipe and camera, run one warm-up inference, start the stages, send READY=1."""
+        """Open the archive, check the camera (bad camera settings fail here, before the model is loaded), open model
+        and recipe, run one warm-up inference, open the camera, start the stages, send READY=1."""
         self.state = "Initializing"
-        self.notifier.status("starting: opening archive, model, recipe, camera")
-        self.archive.start()
-        self.start_cycle = self._cycle = self.archive.last_cycle()
+        self.notifier.status("starting: opening archive, checking camera, opening model, recipe, camera")
+        self.archive.start()  # ConfigError naming the path if it is read-only or full
+        self.start_cycle = self._cycle = self.archive.issued
+        self.source.check()
         self._inspection = self._load_inspection(self.config.recipe)
+        self._log_setup(self._inspection)
         self._warm_up(self._inspection)
-        self.source.open()
+        unfinished = self.archive.unfinished()
+        if unfinished:
+            log.warning("%d trigger(s) accepted before the restart were never finished (ids %d..%d): ERROR results",
+                        len(unfinished), unfinished[0].cycle, unfinished[-1].cycle)
+        for reservation in unfinished:  # published first, like any result, once the stages run
+            self._emit_error(Job(reservation.cycle, reservation.part_id, reservation.time), RESTARTED)
+        self.source.open()  # acquisition starts only now: no frame from before READY becomes a cycle
         for sink in self.sinks:
             sink.start()
-        for stage in STAGES:
+        for stage in CELL_STAGES:
             self._start_stage(stage)
         self.watchdog.start()
         self._accepting = True
@@ -138,12 +155,13 @@ class CellService:
         """Stop taking triggers, finish the queued ones, stop stages, sinks and archive."""
         self.notifier.stopping()
         self.state = "Halted"
-        self._accepting = False
+        with self._cycle_lock:  # no trigger is queued after this
+            self._accepting = False
         self._stopping.set()
         if self.source.trigger_mode == "software":
             self._put_trigger(STOP)
         deadline = time.monotonic() + timeout_s
-        for stage in STAGES:
+        for stage in CELL_STAGES:
             thread = self._threads.get(stage)
             if thread is not None:
                 thread.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -162,27 +180,34 @@ class CellService:
     # ---- control (CellControl) ------------------------------------------------------------------------------
 
     def request_trigger(self, part_id: str) -> int:
-        """Queue one software trigger; returns its result id (= cycle). Thread-safe."""
+        """Queue one software trigger; returns its result id (= cycle). Thread-safe. ``InvalidPartId`` if
+        :func:`check_part_id` refuses ``part_id``."""
+        check_part_id(part_id)
         if self.source.trigger_mode != "software":
             raise TriggerRefused(f"the cell runs in {self.source.trigger_mode} mode: the camera triggers, not requests")
-        if not self._accepting:
-            raise TriggerRefused(f"the cell is {self.state}, not taking triggers")
+        job = Job(0, part_id, time.time())
         with self._cycle_lock:
-            self._cycle += 1
-            cycle = self._cycle
+            if not self._accepting:
+                raise TriggerRefused(f"the cell is {self.state}, not taking triggers")
+            if self.guard.error:
+                self.guard.refused += 1
+                raise TriggerRefused(f"{self.guard.error}: no trigger is taken until the archive works again")
+            if self._triggers.full():
+                raise TriggerRefused(f"{_TRIGGER_BACKLOG} triggers are already waiting")
             try:
-                self._triggers.put_nowait(Job(cycle, part_id, time.time()))
-            except queue.Full:
-                self._cycle -= 1
-                raise TriggerRefused(f"{_TRIGGER_BACKLOG} triggers are already waiting") from None
-        return cycle
+                job.cycle = self.guard.reserve(part_id, job.trigger_time)
+            except ArchiveError as exc:
+                raise TriggerRefused(f"archive failed: {exc}") from None
+            self._triggers.put_nowait(job)  # not full (checked above; only this lock's holder adds triggers)
+            self._cycle = job.cycle
+        return job.cycle
 
     def wait_result(self, cycle: int, timeout_s: float = 30.0) -> CellResult | None:
         """The result of ``cycle`` once published (the last 1,024 cycles; without frame and anomaly map),
         or None after the timeout."""
         deadline = time.monotonic() + timeout_s
         with self._done_lock:
-            while cycle not in self._done:
+            while self._done.get(cycle) is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -200,8 +225,9 @@ class CellService:
     def reset(self) -> None:
         """Acknowledge an error: clear the watchdog's give-up and the error text."""
         self.watchdog.gave_up = None
-        self.watchdog.attempts = {stage: 0 for stage in STAGES}
+        self.watchdog.attempts = {stage: 0 for stage in CELL_STAGES}
         self.error_text = ""
+        self.guard.retry_now()
         if self.state == "Error":
             self.state = "Operational"
 
@@ -222,12 +248,14 @@ class CellService:
 
     def status(self) -> CellStatus:
         inspection = self._inspection
+        state, error_text = self._reported_state()
         return CellStatus(
-            state=self.state, error_text=self.error_text, camera_connected=self.source.stats.connected,
+            state=state, error_text=error_text, camera_connected=self.source.stats.connected,
             backend=str(getattr(inspection.extractor, "backend_name", "")) if inspection else "",
             active_recipe=inspection.recipe_dir.name if inspection else "",
             available_recipes=self.available_recipes(), fetch_timeouts=self.source.stats.timeouts,
-            reconnects=self.source.stats.reconnects,
+            reconnects=self.source.stats.reconnects, counts=dict(self.counts),
+            cycle_p50_ms=self.timings.percentile("cycle", 50), cycle_p99_ms=self.timings.percentile("cycle", 99),
         )
 
     @property
@@ -253,19 +281,30 @@ class CellService:
         self._start_stage(stage, restarted=True)
         return True
 
+    def _reported_state(self) -> tuple[CellState, str]:
+        """State and error text as reported: Error while the archive fails (whatever else holds), every reason."""
+        archive_error = self.guard.error
+        state: CellState = "Error" if archive_error and self.state == "Operational" else self.state
+        return state, "; ".join(text for text in (self.error_text, archive_error) if text)
+
+    def _stages_recovered(self) -> None:
+        """Every restarted stage works again: back to Operational if a stall was the cell's error."""
+        if self.state == "Error" and self.error_text.startswith("stage "):
+            self.state, self.error_text = "Operational", ""
+
     def _health_text(self) -> tuple[bool, str]:
-        if (self.state == "Error" and self.error_text.startswith("stage ") and self.watchdog.gave_up is None
-                and not any(self.watchdog.attempts.values())):
-            self.state, self.error_text = "Operational", ""  # the restarted stage works again
         p99 = self.timings.percentile("cycle", 99)
         counts = self.counts
         camera = "connected" if self.source.stats.connected else "reconnecting"
-        text = (f"{self.state}; cycle {self._cycle}; OK {counts['OK']} NOK {counts['NOK']} ERROR {counts['ERROR']}; "
+        state, error_text = self._reported_state()
+        text = (f"{state}; cycle {self._cycle}; OK {counts['OK']} NOK {counts['NOK']} ERROR {counts['ERROR']}; "
                 f"p99 {'-' if p99 is None else f'{p99:.1f} ms'}")
         text += f"; camera {camera}"
-        if self.error_text:
-            text += f"; {self.error_text}"
-        return not self.camera_failed, text
+        if self.archive.low_space:
+            text += "; archive disk low: images skipped"
+        if error_text:
+            text += f"; {error_text}"
+        return not self.camera_failed and not self.guard.given_up, text
 
     # ---- stages ------------------------------------------------------------------------------------------
 
@@ -340,8 +379,14 @@ class CellService:
             job.timings_ms["acquire"] = (frame.arrival_monotonic - job.trigger_monotonic) * 1000.0
         else:
             with self._cycle_lock:
-                self._cycle += 1
-                cycle = self._cycle
+                if self.guard.error:  # no id can be reserved: the frame is not inspected (counted in the error)
+                    self.guard.refused += 1
+                    return None, None
+                try:
+                    cycle = self.guard.reserve(None, frame.trigger_time)
+                except ArchiveError:
+                    return None, None
+                self._cycle = cycle
             part = str(cycle)  # self-triggered (hardware/free-run) frames are named by their cycle
             frame.part_id = part
             job = Job(cycle, part, frame.trigger_time, trigger_monotonic=frame.arrival_monotonic)
@@ -437,7 +482,7 @@ class CellService:
                 log.exception("inspection of cycle %d raised", job.cycle)
                 outcome = InspectionResult("ERROR", None, threshold, error=f"inspection failed: {exc}")
         outcome.timings_ms = {**outcome.timings_ms, **job.timings_ms, "inspect": (time.monotonic() - started) * 1000.0}
-        result = CellResult(result_id=job.cycle, cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
+        result = CellResult(cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
                             recipe_id=inspection.recipe_id, inspection=outcome,
                             frame=job.frame.image if job.frame is not None else None)
         return result, job.start_monotonic
@@ -446,13 +491,15 @@ class CellService:
         """An ERROR result for a job whose stage was restarted, straight to the outputs stage."""
         threshold = float(self._inspection.recipe.threshold) if self._inspection else float("nan")
         outcome = InspectionResult("ERROR", None, threshold, error=reason, timings_ms=dict(job.timings_ms))
-        result = CellResult(result_id=job.cycle, cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
+        result = CellResult(cycle=job.cycle, part_id=job.part_id, timestamp=job.trigger_time,
                             recipe_id=self.recipe_id, inspection=outcome)
         self._late_errors.append((result, job.start_monotonic))
 
     def _outputs_loop(self, generation: int, restarted: bool) -> None:
         heartbeat = self._heartbeats["outputs"]
         while self._current("outputs", generation):
+            if self.guard.retry_due():
+                self._retry_archive(heartbeat)
             item: Any
             if self._late_errors:
                 item = self._late_errors.popleft()
@@ -465,25 +512,36 @@ class CellService:
                 while self._late_errors:
                     result, started = self._late_errors.popleft()
                     self._publish(result, started, heartbeat)
+                for result in self.guard.close():
+                    self._deliver(result)
                 return
             result, started = item
             self._publish(result, started, heartbeat)
 
     def _publish(self, result: CellResult, started: float, heartbeat: StageHeartbeat) -> None:
+        """Archive, then (only if archived) publish one result; see :class:`ArchiveGuard` for a failing archive."""
         with self._done_lock:
             if result.cycle in self._done:
                 return  # already answered (e.g. by the watchdog while its stage was stalled)
-            self._done[result.cycle] = result
+            self._done[result.cycle] = None
             while len(self._done) > _RECENT_RESULTS:
                 self._done.popitem(last=False)
         heartbeat.begin()
         self._in_flight["outputs"] = result
         result.inspection.timings_ms["cycle"] = (time.monotonic() - started) * 1000.0
-        try:
-            self.archive.publish(result)
-        except Exception as exc:  # the database refused: say so loudly, still tell the PLC
-            log.exception("archive: cycle %d not stored", result.cycle)
-            self.error_text = f"archive failed: {exc}"
+        if self.guard.commit(result):
+            self._deliver(result)
+        self._in_flight["outputs"] = None
+        heartbeat.end()
+
+    def _retry_archive(self, heartbeat: StageHeartbeat) -> None:
+        heartbeat.begin()
+        for result in self.guard.retry():
+            self._deliver(result)
+        heartbeat.end()
+
+    def _deliver(self, result: CellResult) -> None:
+        """Count and hand an archived result to the sinks; wait_result sees it from now on."""
         for name, ms in result.inspection.timings_ms.items():
             self.timings.add(name, ms)
         with self._status_lock:
@@ -496,8 +554,6 @@ class CellService:
         result.frame = None  # the archive's image writer holds its own reference while it needs it
         # kept for wait_result without the big arrays (sinks and the archive writer have the full result)
         light = replace(result, frame=None, inspection=replace(result.inspection, anomaly_map=None))
-        self._in_flight["outputs"] = None
-        heartbeat.end()
         with self._done_lock:
             if result.cycle in self._done:
                 self._done[result.cycle] = light
@@ -514,20 +570,24 @@ class CellService:
 
         model = self.config.model
         sidecar = load_verified(model.onnx)
-        recipe = Recipe.load(recipe_dir, sidecar, threads=model.threads or -1)
+        recipe = Recipe.load(recipe_dir, sidecar, threads=model.threads or -1, public_key=self.config.recipe_public_key)
         if extractor is None:
             extractor = self._open_extractor()
         return Inspection(Inspector(extractor, recipe), recipe, Path(recipe_dir), extractor)
 
     def _open_extractor(self) -> Any:
-        model = self.config.model
-        if model.backend == "onnxruntime":
-            from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
-
-            return OnnxRuntimeExtractor(model.onnx, threads=model.threads)
         from edge.backends.select import open_extractor
 
+        model = self.config.model
         return open_extractor(model.onnx, backend=model.backend, engine_path=model.engine, threads=model.threads)
+
+    def _log_setup(self, inspection: Inspection) -> None:
+        """One line each for the model, recipe and archive in use (the backend's line comes from its selection)."""
+        log.info("model %s: sha256 %s…", self.config.model.onnx, inspection.extractor.sidecar.sha256[:12])
+        log.info("recipe %s (id %s): %s, threshold %.6g", inspection.recipe_dir.name, inspection.recipe_id,
+                 inspection.recipe_dir, inspection.recipe.threshold)
+        archive = self.config.archive
+        log.info("archive %s (sync %s, images up to %g MB)", archive.directory, archive.sync, archive.quota_mb)
 
     def _warm_up(self, inspection: Inspection) -> None:
         """One inference on a grey frame of the recipe's size and channels; an ERROR here fails startup."""

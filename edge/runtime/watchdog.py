@@ -57,17 +57,21 @@ class CellWatchdog:
     """Thread that checks heartbeats and talks to systemd.
 
     ``status()`` gives the STATUS text of a healthy cell and whether it is healthy (e.g. False while the camera
-    cannot be reconnected); ``recover(stage)`` restarts a stalled stage and returns True if it was restarted."""
+    cannot be reconnected); ``recover(stage)`` restarts a stalled stage and returns True if it was restarted;
+    ``recovered()`` is called once every restarted stage works again."""
 
     def __init__(self, notifier: SdNotifier, heartbeats: list[StageHeartbeat], status: Callable[[], tuple[bool, str]],
-                 recover: Callable[[str], bool], max_attempts: int = 3, interval_s: float | None = None) -> None:
+                 recover: Callable[[str], bool], max_attempts: int = 3, interval_s: float | None = None,
+                 recovered: Callable[[], None] = lambda: None) -> None:
         self.notifier = notifier
         self.heartbeats = heartbeats
         self._status = status
         self._recover = recover
+        self._recovered = recovered
         self.max_attempts = max_attempts
         self.interval_s = interval_s or watchdog_interval_s() or 1.0
         self.attempts: dict[str, int] = {hb.name: 0 for hb in heartbeats}
+        self._items_at_recovery: dict[str, int] = {hb.name: 0 for hb in heartbeats}
         self.gave_up: str | None = None
         self.last_health = Health(True, "starting")
         self._stop = threading.Event()
@@ -88,8 +92,11 @@ class CellWatchdog:
         for hb in self.heartbeats:
             stalled = hb.stalled_for(now)
             if stalled is None:
-                if hb.busy_since is None and hb.items and self.attempts[hb.name] and self.gave_up is None:
-                    self.attempts[hb.name] = 0  # the restarted stage works again
+                works_again = hb.items > self._items_at_recovery[hb.name]  # finished an item since its restart
+                if hb.busy_since is None and works_again and self.attempts[hb.name] and self.gave_up is None:
+                    self.attempts[hb.name] = 0
+                    if not any(self.attempts.values()):
+                        self._recovered()
                 continue
             text = f"ERROR: stage {hb.name} stalled ({hb.budget_s + stalled:.1f} s > budget {hb.budget_s:.1f} s)"
             if self.gave_up is None:
@@ -98,6 +105,7 @@ class CellWatchdog:
                     log.error("%s; %d recoveries failed: stopping the systemd watchdog", text, self.max_attempts)
                 else:
                     self.attempts[hb.name] += 1
+                    self._items_at_recovery[hb.name] = hb.items
                     log.error("%s; restarting it (attempt %d of %d)", text, self.attempts[hb.name], self.max_attempts)
                     try:
                         self._recover(hb.name)
