@@ -318,7 +318,9 @@ def evaluate(datasets: list[str], only: set[str]) -> dict[str, Any]:
             print(f"{SHORT[dataset]}: {variant.label} ...", file=sys.stderr, flush=True)
             results[key] = {"dataset": dataset, "variant": asdict(variant), **evaluator.run(variant)}
             print(f"  {json.dumps(results[key])}", file=sys.stderr, flush=True)
-            RESULTS.write_text(json.dumps(results, indent=1))
+            partial = RESULTS.with_suffix(".partial")
+            partial.write_text(json.dumps(results, indent=1))
+            partial.replace(RESULTS)  # a killed run never leaves half a file
     return results
 
 
