@@ -73,7 +73,8 @@ deb-testroot: $(TESTROOT)
 
 test-prerequisites: deb-tools wheelhouse deb-testroot
 
-# patch tokens from block 9 of 12: local features, so heatmaps mark the defect (the last block mixes in global context)
+# patch tokens from block 9 of 12, the export default: local features, so heatmaps mark the defect (the last block
+# mixes in global context); benchmarks/accuracy.md measures the blocks on real parts
 DEMO_LAYERS ?= 9
 DEMO_MODEL := demo-models/dinov2_vits14_$(DEMO_SIZE).onnx
 

@@ -23,7 +23,7 @@ from okcell.sidecar import ModelSidecar
 
 BLOCKS = (6, 8, 9, 10, 11, 12)
 CHUNK = 8
-CACHE = Path(".cache/accuracy")
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "accuracy"
 
 
 def model_sidecar(size: tuple[int, int]) -> ModelSidecar:

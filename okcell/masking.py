@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import cv2
 import numpy as np
@@ -37,15 +37,45 @@ class Mask(Protocol):
 
 
 def grow(mask: np.ndarray) -> np.ndarray:
-    """Dilate by one cell, then close (3x3), as AnomalyDINO cleans its masks."""
+    """Dilate by one cell, then close (3x3), as AnomalyDINO cleans its masks. Worked on a copy padded with
+    background, so that closing does not stretch the foreground out to the frame edge (OpenCV's erosion treats
+    outside the array as foreground)."""
     kernel = np.ones((3, 3), np.uint8)
-    grown = cv2.dilate(mask.astype(np.uint8), kernel)
-    return cv2.morphologyEx(grown, cv2.MORPH_CLOSE, kernel).astype(bool)
+    padded = np.pad(mask.astype(np.uint8), 2)
+    grown = cv2.morphologyEx(cv2.dilate(padded, kernel), cv2.MORPH_CLOSE, kernel)
+    return grown[2:-2, 2:-2].astype(bool)
 
 
 def centre(grid: np.ndarray) -> np.ndarray:
+    """The cells of the centre box (CENTRE_MARGIN of the grid left out on each side)."""
     rows, cols = grid.shape
     return grid[int(rows * CENTRE_MARGIN) : rows - int(rows * CENTRE_MARGIN), int(cols * CENTRE_MARGIN) : cols - int(cols * CENTRE_MARGIN)]
+
+
+def border(grid: np.ndarray) -> np.ndarray:
+    """The cells of the outermost ring."""
+    ring = np.ones(grid.shape, bool)
+    ring[1:-1, 1:-1] = False
+    return grid[ring]
+
+
+def _share(sides: list[np.ndarray], valid: list[np.ndarray], region: Callable[[np.ndarray], np.ndarray]) -> float:
+    """Share of the valid cells in ``region`` that lie on the side, over all references."""
+    return float(sum(region(s).sum() for s in sides) / max(1, sum(region(v).sum() for v in valid)))
+
+
+def two_means_split(values: np.ndarray) -> float:
+    """The threshold halfway between the means of the values below and above it (1-D two-means)."""
+    threshold = float(np.mean(values))
+    for _ in range(100):
+        high, low = values[values > threshold], values[values <= threshold]
+        if not len(high) or not len(low):
+            break
+        updated = 0.5 * (float(high.mean()) + float(low.mean()))
+        if abs(updated - threshold) < 1e-7:
+            break
+        threshold = updated
+    return threshold
 
 
 def first_component(centred: np.ndarray) -> np.ndarray:
@@ -86,23 +116,13 @@ class PcaMask:
         sample = sample[rng.choice(len(sample), min(len(sample), PCA_SAMPLE), replace=False)]
         mean = sample.mean(axis=0)
         direction = first_component(sample - mean)
-        mask = cls(mean, direction, 0.0)
-        grids = [mask.projection(f, layout)[layout.valid()] for f, layout in references]
-        centres = [centre(np.where(layout.valid(), mask.projection(f, layout), np.nan)) for f, layout in references]
-        if np.nanmean(np.concatenate([c.ravel() for c in centres]) > 0) < 0.5:
-            mask = cls(mean, -direction, 0.0)
-            grids = [-g for g in grids]
-        values = np.concatenate(grids)
-        threshold = 0.0
-        for _ in range(100):  # two means in one dimension
-            high, low = values[values > threshold], values[values <= threshold]
-            if not len(high) or not len(low):
-                break
-            updated = 0.5 * (float(high.mean()) + float(low.mean()))
-            if abs(updated - threshold) < 1e-7:
-                break
-            threshold = updated
-        return cls(mean.astype(np.float32), mask.direction.astype(np.float32), float(threshold))
+        grids = [PcaMask(mean, direction, 0.0).projection(f, layout) for f, layout in references]
+        valid = [layout.valid() for _, layout in references]
+        threshold = two_means_split(np.concatenate([g[v] for g, v in zip(grids, valid)]))
+        above = [(g > threshold) & v for g, v in zip(grids, valid)]
+        if _share(above, valid, border) > _share(above, valid, centre):  # the side above is the background
+            direction, threshold = -direction, -threshold
+        return cls(mean.astype(np.float32), direction.astype(np.float32), float(threshold))
 
     def save(self, path: Path) -> None:
         with path.open("wb") as handle:

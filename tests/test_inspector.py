@@ -77,7 +77,7 @@ def test_anomaly_map_follows_patch_scores_and_finds_holes(holdout: list, demo_im
         assert np.corrcoef(sampled, patch_scores)[0, 1] > 0.6, path.name
         truth, defect = truth_from_path(path)
         row, col = np.unravel_index(int(np.argmax(result.anomaly_map)), result.anomaly_map.shape)
-        if defect == "hole":  # the last-layer features localise holes (not always pasted material; see report)
+        if defect == "hole":  # block-9 features localise holes (not always pasted material; see report)
             mask = read_image(demo_images / "masks" / "holdout" / defect / path.name)
             near = cv2.dilate(mask, np.ones((33, 33), np.uint8))  # within 16 px (one patch at 224 px input)
             assert near[row, col] > 0, f"{path.name}: map peak at ({row}, {col}) is away from the hole"

@@ -36,7 +36,7 @@ def cli(argv: list[str]) -> int:
 
 def test_default_export_is_a_single_static_file_without_resize(exported_model: Path) -> None:
     sidecar = load_verified(exported_model)
-    assert sidecar.input_size == (224, 224) and sidecar.patch_grid == (16, 16) and sidecar.layers == (12,)
+    assert sidecar.input_size == (224, 224) and sidecar.patch_grid == (16, 16) and sidecar.layers == (9,)
     assert sidecar.feature_dim == sidecar.embedding_dim == 384 and not sidecar.dynamic_batch
     assert sidecar.model_source["kind"] == "embedded" and sidecar.model_source["num_register_tokens"] == 0
     assert sidecar.extra["parity"]["min_patch_cosine"] >= MIN_PATCH_COSINE

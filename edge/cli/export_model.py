@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, default=(DEFAULT_SIZE, DEFAULT_SIZE), metavar="N|HxW",
                         help=f"input size in pixels, multiples of the patch size 14 (default {DEFAULT_SIZE})")
     parser.add_argument("--layers", type=parse_layers, default=(), metavar="N[,N...]",
-                        help="1-based blocks whose patch tokens to output (default: the last block)")
+                        help="1-based blocks whose patch tokens to output (default: three quarters of the depth, block 9 of "
+                             "ViT-S/B's 12; local features that find small defects, see benchmarks/accuracy.md)")
     parser.add_argument("--fusion", choices=("concat", "mean"), default="concat",
                         help="how several --layers are combined (default concat)")
     parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis (default 1)")
