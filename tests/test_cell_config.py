@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from edge.acquisition.producers import viky_producer
-from edge.runtime.cell_config import load_cell_config
+from edge.runtime.cell_config import check_device_config, load_cell_config
 from okcell.schema import ConfigError
 
 VIKY = viky_producer()
@@ -166,3 +166,28 @@ def test_release_errors_name_the_file(tmp_path: Path):
     device.write_text(yaml.safe_dump({"release": "../releases/current"}))
     with pytest.raises(ConfigError, match=r"release: release folder .* not found \(no release installed yet\?"):
         load_cell_config(device)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("release: /var/lib/okcell/releases/current\nname: [unclosed\n", "not valid YAML"),
+    ("release: /var/lib/okcell/releases/current\nopcau: {}\n", "unknown key opcau; allowed here: archive, camera, "),
+    ("release: /var/lib/okcell/releases/current\nmodel: {onnx: m.onnx}\n", "model come(s) from the release"),
+    ("release: releases/current\n", "release must be an absolute path on the device (/var/lib/okcell/releases/"
+                                    "current), found 'releases/current'"),
+    ("name: press-7\nreplay: {images: /srv}\n", "missing key model, recipe"),
+    ("- release\n", "top level must be a mapping, found list"),
+])
+def test_a_device_file_for_an_image_is_checked_without_its_release(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "press-7.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        check_device_config(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_a_device_file_is_accepted_with_a_release_or_with_model_and_recipe(tmp_path: Path):
+    path = tmp_path / "press-7.yaml"
+    path.write_text("release: /var/lib/okcell/releases/current\nname: press-7\nopcua: {endpoint: x}\n")
+    assert check_device_config(path)["name"] == "press-7"  # the release and the paths are on the device, not here
+    path.write_text("model: {onnx: /var/lib/okcell/models/model.onnx}\nrecipe: /var/lib/okcell/recipes/a\n")
+    assert set(check_device_config(path)) == {"model", "recipe"}

@@ -28,6 +28,9 @@ from okcell.names import BACKENDS, CELL_STAGES
 SYNC_MODES = ("normal", "full")
 RELEASE_CONFIG = "cell.yaml"  # a release's own cell configuration, in the release folder
 RELEASE_ONLY_KEYS = ("model", "recipe")  # keys a device file that names a release may not give
+CELL_KEYS = set(RELEASE_ONLY_KEYS)  # required top-level keys of a cell configuration (with the release's merged in)
+CELL_OPTIONAL_KEYS = {"name", "state_dir", "camera", "replay", "trigger", "archive", "watchdog", "opcua", "queue_depth",
+                      "recipe_public_key"}
 
 
 @dataclass
@@ -97,16 +100,39 @@ def load_cell_config(path: Path | str, release: Path | None = None) -> CellConfi
     return _with_release(data, path, release)
 
 
+def check_device_config(path: Path | str) -> Mapping[str, Any]:
+    """What can be checked of a device's ``cell.yaml`` away from the device, before it is put into an image: YAML, a
+    mapping, only known top-level keys, ``release:`` as an absolute path without ``model``/``recipe``, or else both
+    ``model`` and ``recipe``. Files and sections are checked on the device when a release is installed or the cell
+    starts (:func:`load_cell_config`). Returns the mapping; raises ConfigError naming the file and key."""
+    path = Path(path)
+    reader = _Reader(read_yaml(path, missing="cell config not found"), path, "")
+    if "release" not in reader.data:
+        reader.keys(CELL_KEYS, CELL_OPTIONAL_KEYS)
+        return reader.data
+    reader.keys({"release"}, CELL_OPTIONAL_KEYS | CELL_KEYS)
+    _refuse_release_only_keys(reader)
+    folder = reader.data["release"]
+    if not isinstance(folder, str) or not folder.startswith("/"):
+        raise ConfigError(f"{reader.where('release')} must be an absolute path on the device "
+                          f"(/var/lib/okcell/releases/current), found {folder!r}")
+    return reader.data
+
+
+def _refuse_release_only_keys(reader: "_Reader") -> None:
+    given = [key for key in RELEASE_ONLY_KEYS if key in reader.data]
+    if given:
+        raise ConfigError(f"{reader.file}: {', '.join(given)} come(s) from the release named by 'release:'; remove "
+                          f"{', '.join(given)} here (or drop 'release:' to configure the cell without releases)")
+
+
 def _with_release(data: Any, path: Path, override: Path | None) -> CellConfig:
     """The release's ``cell.yaml`` with this file's other keys laid over it (see the module docstring)."""
     reader = _Reader(data, path, "")
     if "release" not in reader.data:
         raise ConfigError(f"{path}: has no 'release:' key, so a release installed under it would never be used; "
                           "set release: /var/lib/okcell/releases/current")
-    given = [key for key in RELEASE_ONLY_KEYS if key in reader.data]
-    if given:
-        raise ConfigError(f"{path}: {', '.join(given)} come(s) from the release named by 'release:'; remove "
-                          f"{', '.join(given)} here (or drop 'release:' to configure the cell without releases)")
+    _refuse_release_only_keys(reader)
     folder = override or reader.path("release", must_exist=None)
     if not folder.is_dir():
         raise ConfigError(f"{reader.where('release')}: release folder {folder} not found (no release installed yet? "
@@ -129,8 +155,7 @@ def parse_cell_config(data: Any, path: Path, origins: Mapping[str, Path] | None 
     """Validate the mapping ``data`` read from ``path``; ``origins`` names the file of top-level keys taken from
     another file (their errors name it and their relative paths resolve against its folder)."""
     reader = _Reader(data, path, "", origins)
-    reader.keys({"model", "recipe"}, {"name", "state_dir", "camera", "replay", "trigger", "archive", "watchdog", "opcua",
-                                      "queue_depth", "recipe_public_key"})
+    reader.keys(CELL_KEYS, CELL_OPTIONAL_KEYS)
     if "state_dir" in reader.data:
         state_dir = reader.path("state_dir", must_exist=None)
     else:  # systemd's StateDirectory=, else beside the config file
