@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.okcell-installed
 DEMO_SIZE ?= 448
 
-.PHONY: venv test demo typecheck clean wheelhouse deb deb-tools deb-testroot test-prerequisites
+.PHONY: venv test demo typecheck clean wheelhouse deb deb-tools deb-testroot test-prerequisites \
+	jetson-testroot jetson-wheelhouse
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,43 +36,73 @@ $(NODE_STAMP): $(NODE_PROBE)/package.json $(NODE_PROBE)/package-lock.json
 test: typecheck $(NODE_STAMP) test-prerequisites
 	$(BIN)/python -m pytest
 
-# ---- Debian package (deploy/debian, docs/deploy.md) --------------------------------------------------------------
-# The package's venv uses DEB_PYTHON (the target's python3); the wheelhouse holds wheels for it and this machine's
-# architecture, collected once (network) into build/ and reused offline by every `make deb`.
+# ---- Debian package (deploy/debian, docs/deploy.md; Jetson images: deploy/jetson, docs/jetson.md) ----------------
+# The package's venv uses DEB_PYTHON (the target's python3); the wheelhouse holds wheels for it and the target's
+# architecture, collected once (network) into build/ and reused offline by every `make deb`. For another
+# architecture than this machine's (`make deb DEB_ARCH=arm64` on x86: a Jetson), both are made in a throwaway copy
+# of DEB_BUILDROOT, a root file system tarball of the target's distribution and architecture (default: the Debian 12
+# test root below), run under qemu-user-static; arm64 packages use the system site-packages (JetPack's TensorRT).
 DEB_PYTHON ?= /usr/bin/python3
 DEB_ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo unknown)
 DEB_COMPRESS ?= -Zxz
 WHEELHOUSE ?= build/wheelhouse/$(DEB_ARCH)
-TESTROOT := build/testroot/bookworm-$(DEB_ARCH).tar
+SYSTEM_SITE_PACKAGES ?= $(if $(filter arm64,$(DEB_ARCH)),1,0)
+EXTRA_PACKAGES ?=
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo unknown)
+TESTROOT = build/testroot/bookworm-$(1).tar
+JETSON_ARCH := arm64
+# $(call IN_TARGET,ARCH[,OPTIONS]): run the rest of the line in /src, this checkout, inside a copy of ARCH's build root
+IN_TARGET = $(SUDO) $(PYTHON) deploy/jetson/target_chroot.py --unpack $(or $(DEB_BUILDROOT),$(call TESTROOT,$(1))) \
+	--bind $(CURDIR):/src --cd /src $(2) --
+FOREIGN = $(filter-out $(HOST_ARCH),$(1))
+# pip in the build root trusts the certificate authorities this machine trusts (a TLS-inspecting proxy's included)
+TARGET_CERTS := --bind /etc/ssl/certs:/etc/ssl/certs
 
-$(WHEELHOUSE)/.collected: setup.cfg pyproject.toml | venv
-	$(BIN)/pip --python $(DEB_PYTHON) wheel --quiet --wheel-dir $(WHEELHOUSE) .
-	rm -f $(WHEELHOUSE)/okcell-*.whl  # build-deb.sh builds okcell's own wheel from the checkout each time
+.SECONDEXPANSION:
+build/wheelhouse/%/.collected: setup.cfg pyproject.toml | venv $$(if $$(call FOREIGN,$$*),$$(or $$(DEB_BUILDROOT),$$(call TESTROOT,$$*)))
+	$(if $(call FOREIGN,$*),$(call IN_TARGET,$*,$(TARGET_CERTS)) python3 -m pip,$(BIN)/pip --python $(DEB_PYTHON)) \
+		wheel --quiet --wheel-dir $(@D) .
+	rm -f $(@D)/okcell-*.whl  # build-deb.sh builds okcell's own wheel from the checkout each time
 	touch $@
 
 wheelhouse: $(WHEELHOUSE)/.collected
 
+jetson-wheelhouse: build/wheelhouse/$(JETSON_ARCH)/.collected
+
 deb: wheelhouse
-	PYTHON=$(DEB_PYTHON) PIP="$(BIN)/pip" WHEELHOUSE=$(WHEELHOUSE) COMPRESS="$(DEB_COMPRESS)" deploy/debian/build-deb.sh
+	$(if $(call FOREIGN,$(DEB_ARCH)),$(call IN_TARGET,$(DEB_ARCH)) env PYTHON=/usr/bin/python3,env PYTHON=$(DEB_PYTHON) PIP="$(BIN)/pip") \
+		WHEELHOUSE=$(WHEELHOUSE) COMPRESS="$(DEB_COMPRESS)" ARCH=$(DEB_ARCH) \
+		SYSTEM_SITE_PACKAGES=$(SYSTEM_SITE_PACKAGES) EXTRA_PACKAGES="$(EXTRA_PACKAGES)" deploy/debian/build-deb.sh
 
-# Debian tools the packaging tests use, installed when missing
+# Debian tools the packaging tests use, installed when missing (qemu-user-static runs the arm64 root on this machine)
 deb-tools:
-	@command -v dpkg-deb >/dev/null && command -v lintian >/dev/null && command -v debootstrap >/dev/null || { \
+	@command -v dpkg-deb >/dev/null && command -v lintian >/dev/null && command -v debootstrap >/dev/null \
+		&& command -v qemu-aarch64-static >/dev/null && command -v update-binfmts >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev lintian debootstrap; }
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev lintian debootstrap \
+			qemu-user-static binfmt-support; }
 
-# a minimal Debian 12 root file system the .deb is installed into by tests/test_deb.py (made once, kept in build/)
-$(TESTROOT): | deb-tools
-	$(SUDO) rm -rf build/testroot/rootfs && mkdir -p build/testroot
-	$(SUDO) debootstrap --variant=minbase --include=python3,libpython3.11,adduser,init-system-helpers,systemd,procps bookworm \
-		build/testroot/rootfs http://deb.debian.org/debian
-	$(SUDO) rm -f build/testroot/rootfs/var/cache/apt/archives/*.deb
-	$(SUDO) tar -C build/testroot/rootfs -cf $@.partial . && mv $@.partial $@ && $(SUDO) rm -rf build/testroot/rootfs
+# minimal Debian 12 root file systems, one per architecture (made once, kept in build/): the .deb is installed into
+# bookworm-$(DEB_ARCH).tar by tests/test_deb.py; bookworm-arm64.tar stands in for a Jetson's L4T rootfs
+# (tests/test_jetson_image.py) and, having pip, headers and g++, builds the arm64 wheelhouse and package under qemu
+, := ,
+TESTROOT_PACKAGES := python3,libpython3.11,adduser,init-system-helpers,systemd,procps
+TESTROOT_BUILD_PACKAGES := python3-pip,python3-dev,g++
 
-deb-testroot: $(TESTROOT)
+build/testroot/bookworm-%.tar: | deb-tools
+	$(SUDO) rm -rf build/testroot/rootfs-$* && mkdir -p build/testroot
+	$(SUDO) debootstrap --arch=$* --variant=minbase \
+		--include=$(TESTROOT_PACKAGES)$(if $(call FOREIGN,$*),$(,)$(TESTROOT_BUILD_PACKAGES)) bookworm \
+		build/testroot/rootfs-$* http://deb.debian.org/debian
+	$(SUDO) rm -f build/testroot/rootfs-$*/var/cache/apt/archives/*.deb
+	$(SUDO) tar -C build/testroot/rootfs-$* -cf $@.partial . && mv $@.partial $@ && $(SUDO) rm -rf build/testroot/rootfs-$*
 
-test-prerequisites: deb-tools wheelhouse deb-testroot
+deb-testroot: $(call TESTROOT,$(DEB_ARCH))
+
+jetson-testroot: $(call TESTROOT,$(JETSON_ARCH))
+
+test-prerequisites: deb-tools wheelhouse deb-testroot jetson-testroot jetson-wheelhouse
 
 # patch tokens from block 9 of 12, the export default: local features, so heatmaps mark the defect (the last block
 # mixes in global context); benchmarks/accuracy.md measures the blocks on real parts
