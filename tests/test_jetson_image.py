@@ -3,7 +3,8 @@ Jetson's L4T rootfs) on this x86 machine under qemu-user-static. The arm64 packa
 the arm64 wheelhouse in a throwaway copy of that root, okcell_rootfs.py installs it with a device's cell.yaml, and
 then, in the root: `okcell --version` runs, its compiled dependencies import, systemd-analyze accepts the units, the
 units are enabled and the manifest records what was done. Refused before the root changes: a root of another
-architecture, a folder that is no root, a bad cell.yaml. target_chroot.py leaves nothing mounted, also on SIGTERM.
+architecture or Python, a folder that is no root, a bad cell.yaml. target_chroot.py leaves nothing mounted, also on
+SIGTERM, and refuses a root with something still mounted in it.
 Prerequisites (`make test-prerequisites`): jetson-testroot, jetson-wheelhouse (the first build takes minutes)."""
 
 from __future__ import annotations
@@ -175,6 +176,21 @@ def test_a_root_of_another_architecture_or_no_root_is_refused(arm64_deb: Path, t
     assert done.returncode == 2 and f"{config}: not a Debian package" in done.stderr, done.stderr
 
 
+def test_a_root_with_another_python_is_refused(arm64_deb: Path, tmp_path: Path):
+    """An L4T root (Ubuntu 22.04) has Python 3.10; a package built on Debian 12 is for 3.11."""
+    root = unpack(ARM64_ROOT, tmp_path / "rootfs")
+    (root / "usr" / "bin" / "python3").unlink()
+    (root / "usr" / "bin" / "python3").symlink_to("python3.10")
+    config = tmp_path / "cell.yaml"
+    config.write_text(DEVICE_CONFIG)
+    before = tree(root)
+    done = script("okcell_rootfs.py", root, "--deb", arm64_deb, "--config", config)
+    assert done.returncode == 2
+    assert f"{arm64_deb}: built for Python 3.11, but {root} has Python 3.10 (/usr/bin/python3); build the package " \
+        "in a root of the same distribution (docs/jetson.md)" in done.stderr, done.stderr
+    assert tree(root) == before
+
+
 def test_nothing_stays_mounted_when_the_chroot_is_terminated(pristine: Path):
     runner = subprocess.Popen([sys.executable, str(JETSON / "target_chroot.py"), "--root", str(pristine),
                                "--", "sh", "-c", "echo started; exec sleep 600"], env=ENV, stdout=subprocess.PIPE,
@@ -184,3 +200,15 @@ def test_nothing_stays_mounted_when_the_chroot_is_terminated(pristine: Path):
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=60) == 128 + signal.SIGTERM
     assert mounts_under(pristine) == []
+
+
+def test_a_root_with_something_still_mounted_in_it_is_refused(pristine: Path):
+    proc = pristine / "proc"
+    subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)  # as a killed run (SIGKILL) leaves it
+    try:
+        done = script("target_chroot.py", "--root", pristine, "--", "true")
+    finally:
+        subprocess.run(["umount", str(proc)], check=True)
+    assert done.returncode == 2
+    assert f"target_chroot: {pristine}: {proc} still mounted (another run, or one that was killed); unmount first: " \
+        f"umount -R {proc}" in done.stderr, done.stderr

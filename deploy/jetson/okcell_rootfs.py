@@ -5,8 +5,8 @@
         --deb build/okcell_0.1.0_arm64.deb --config cells/press-7.yaml [--runtime-watchdog 30s]
 
 Checks first, changing nothing: the root file system (a folder with etc/os-release and usr/bin/dpkg) and its
-architecture, the package (okcell, same architecture) and the device's cell.yaml (edge.runtime.cell_config.
-check_device_config). Then, in a chroot (qemu-user-static on an x86 host; target_chroot.py): ``dpkg -i`` the package
+architecture, the package (okcell, same architecture, built for the root's Python) and the device's cell.yaml
+(edge.runtime.cell_config.check_device_config). Then, in a chroot (qemu-user-static on an x86 host; target_chroot.py): ``dpkg -i`` the package
 (its postinst makes the user okcell and /var/lib/okcell and enables okcell.service and okcell-engine.service),
 ``systemctl enable`` of the units again (an upgrade keeps an earlier choice; an image is meant to start the cell),
 the cell.yaml to /etc/okcell/cell.yaml, optionally the hardware watchdog for systemd (``RuntimeWatchdogSec``),
@@ -42,17 +42,31 @@ TIMESPAN = re.compile(r"\d+(\.\d+)?(ms|s|min|h)?")
 
 
 def package_fields(deb: Path) -> dict[str, str]:
-    """Package, Version and Architecture of the .deb ``deb``; TargetError when it is not okcell's package."""
+    """Package, Version, Architecture and Depends of the .deb ``deb``; TargetError when it is not okcell's."""
     if not deb.is_file():
         raise TargetError(f"{deb}: package not found (make deb DEB_ARCH=arm64)")
-    done = subprocess.run(["dpkg-deb", "--show", "--showformat", "${Package}\\n${Version}\\n${Architecture}\\n",
-                           str(deb)], capture_output=True, text=True)
+    done = subprocess.run(["dpkg-deb", "--show", "--showformat",
+                           "${Package}\\n${Version}\\n${Architecture}\\n${Depends}\\n", str(deb)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         raise TargetError(f"{deb}: not a Debian package: {done.stderr.strip()}")
-    fields = dict(zip(("package", "version", "architecture"), done.stdout.split("\n")))
+    fields = dict(zip(("package", "version", "architecture", "depends"), done.stdout.split("\n")))
     if fields["package"] != "okcell":
         raise TargetError(f"{deb}: package {fields['package']!r}, expected okcell")
     return fields
+
+
+def check_python(root: Path, deb: Path, depends: str) -> None:
+    """The package's venv links to the root's python3 of the version it was built with (``python3 (>= 3.X)``)."""
+    wanted = re.search(r"python3 \(>= (3\.\d+)\)", depends)
+    if wanted is None:
+        return
+    link = root / "usr" / "bin" / "python3"
+    found = re.fullmatch(r"python(3\.\d+)", os.readlink(link)) if link.is_symlink() else None
+    have = found.group(1) if found else "none" if not link.exists() else "unknown"
+    if have != wanted.group(1):
+        raise TargetError(f"{deb}: built for Python {wanted.group(1)}, but {root} has Python {have} "
+                          f"(/usr/bin/python3); build the package in a root of the same distribution (docs/jetson.md)")
 
 
 def install(root: Path, deb: Path, config: Path, runtime_watchdog: str | None) -> dict[str, Any]:
@@ -62,6 +76,7 @@ def install(root: Path, deb: Path, config: Path, runtime_watchdog: str | None) -
     if fields["architecture"] not in (arch, "all"):
         raise TargetError(f"{deb}: built for {fields['architecture']}, but {root} is an {arch} root file system "
                           f"(make deb DEB_ARCH={arch})")
+    check_python(root, deb, fields["depends"])
     check_device_config(config)
     if runtime_watchdog is not None and not TIMESPAN.fullmatch(runtime_watchdog):
         raise TargetError(f"--runtime-watchdog {runtime_watchdog!r}: expected a systemd time span such as 30s or 2min")

@@ -87,11 +87,11 @@ def _run(command: Sequence[str]) -> None:
 
 
 def _mounts_under(folder: Path) -> list[Path]:
-    """Mount points at or below ``folder``, deepest first."""
-    prefix = str(folder.resolve())
+    """Mount points below ``folder`` (which may itself be one: a root file system image mounted there), deepest
+    first."""
+    prefix = str(folder.resolve()) + "/"
     points = [Path(line.split()[4].replace("\\040", " ")) for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return sorted((p for p in points if str(p) == prefix or str(p).startswith(prefix + "/")),
-                  key=lambda p: len(p.parts), reverse=True)
+    return sorted((p for p in points if str(p).startswith(prefix)), key=lambda p: len(p.parts), reverse=True)
 
 
 def _terminate_as_exception(signum: int, _frame: object) -> None:
