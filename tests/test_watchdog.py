@@ -60,6 +60,22 @@ def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch):
     assert watchdog_interval_s() is None
 
 
+def test_health_is_checked_every_second_whatever_watchdog_usec(tmp_path: Path, monkeypatch):
+    """A cell unhealthy for a moment (three quick archive failures) must feed systemd again within a second of
+    recovering: with a check every WATCHDOG_USEC/2 (5 s for WatchdogSec=10) the gap could exceed WatchdogSec and
+    systemd killed a cell that had already recovered (fault suite, disk full for 2 s)."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+
+    def watchdog() -> CellWatchdog:
+        return CellWatchdog(SdNotifier(), [], status=lambda: (True, "ok"), recover=lambda stage: False)
+
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    assert watchdog().interval_s == 1.0
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    assert watchdog().interval_s == 0.5  # a shorter budget keeps half of it
+
+
 def test_stalled_stage_stops_watchdog_and_is_named(tmp_path: Path):
     listener = NotifySocket(str(tmp_path / "notify.sock"))
     heartbeat = StageHeartbeat("inference", budget_s=0.3)

@@ -4,7 +4,8 @@ Each stage marks when it starts and ends work on an item (``begin``/``end``); wa
 busy longer than its budget is *stalled*: the cell goes to an error state, ``STATUS=`` names the stage, ``WATCHDOG=1``
 is withheld and the stage is restarted (``recover(stage)``; acquisition reconnects, inference re-initialises). After
 ``max_attempts`` failed recoveries the watchdog gives up for good, so that systemd (``WatchdogSec``) restarts the
-process. The check runs every half ``WATCHDOG_USEC`` (1 s without systemd)."""
+process. The check runs every half ``WATCHDOG_USEC`` but at least once a second, so that a cell healthy again feeds
+systemd at once (with WatchdogSec=10, a check every 5 s let a moment of ill health outlast the budget)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Callable
 from edge.runtime.sdnotify import SdNotifier, watchdog_interval_s
 
 log = logging.getLogger(__name__)
+
+LONGEST_CHECK_INTERVAL_S = 1.0
 
 
 class StageHeartbeat:
@@ -69,7 +72,7 @@ class CellWatchdog:
         self._recover = recover
         self._recovered = recovered
         self.max_attempts = max_attempts
-        self.interval_s = interval_s or watchdog_interval_s() or 1.0
+        self.interval_s = interval_s or min(watchdog_interval_s() or LONGEST_CHECK_INTERVAL_S, LONGEST_CHECK_INTERVAL_S)
         self.attempts: dict[str, int] = {hb.name: 0 for hb in heartbeats}
         self._items_at_recovery: dict[str, int] = {hb.name: 0 for hb in heartbeats}
         self.gave_up: str | None = None
