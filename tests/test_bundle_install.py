@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_support import active_release, bundle_command, install, install_killed_at, make_bundle, make_root
+from bundle_support import active_release, bundle_command, copy_root, install, install_killed_at, make_bundle, make_root
 from disk_support import small_disk
 from edge.deploy.bundle import MANIFEST_FILE
 from edge.deploy.install import STEPS
@@ -47,10 +47,7 @@ def first_installed(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture()
 def root(first_installed: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "root"
-    shutil.copytree(first_installed, copy, symlinks=True)
-    (copy / CONFIG_FILE).unlink()
-    return make_root(copy)  # its cell.yaml names this copy's releases
+    return copy_root(first_installed, tmp_path / "root")
 
 
 def variant(staged: Staged, tmp_path: Path, **config: object) -> Path:
