@@ -178,7 +178,7 @@ def test_selftest_mismatch_is_refused(root: Path, recipe: Path):
     (recipe / GOLDEN_FILE).write_text(json.dumps(golden))
     done = push(root, recipe, "--activate")
     assert done.returncode == 1
-    assert (f"self-test failed: 1 of 4 golden image(s) differ: {first['file']}: {first['decision']} {score:.4f}, "
+    assert (f"okcell recipe push: failed: recipe {NAME}: self-test failed: 1 of 4 golden image(s) differ: {first['file']}: {first['decision']} {score:.4f}, "
             f"expected {first['decision']} {score + 0.1:.4f} ± 0.01") in done.stderr, done.stderr
     assert "step switch" not in done.stdout
     assert_untouched(root)

@@ -137,21 +137,21 @@ class RecipePusher:
             chown_like(staging, target.parent)
             self.step("selftest", f"golden images of {source.name} with model {config.model.onnx} "
                                   f"(backend {config.model.backend})")
-            self._selftest(staging, config, sidecar)
+            self._selftest(staging, target.name, config, sidecar)
             self.step("publish", str(target))
             publish(staging, target, force=False)
         except BaseException:
             remove_tree(staging)
             raise
 
-    def _selftest(self, recipe_dir: Path, config: CellConfig, sidecar: ModelSidecar) -> None:
+    def _selftest(self, recipe_dir: Path, name: str, config: CellConfig, sidecar: ModelSidecar) -> None:
         model = config.model
         recipe = Recipe.load(recipe_dir, sidecar, threads=model.threads or -1, public_key=config.recipe_public_key)
         extractor = open_extractor(model.onnx, backend=model.backend, engine_path=model.engine, threads=model.threads)
         try:
             outcomes = check_recipe(Inspector(extractor, recipe, heatmap=False), recipe_dir) or []
         except SelftestFailed as exc:
-            raise InstallError(str(exc)) from None
+            raise InstallError(f"recipe {name}: {exc.failure}") from None
         finally:
             extractor.close()
         for outcome in outcomes:

@@ -28,6 +28,10 @@ GOLDEN_FORMAT = 1
 class SelftestFailed(ConfigError):
     """Golden images gave another decision or score: the model + recipe must not be switched on here."""
 
+    def __init__(self, where: Path, failure: str) -> None:
+        super().__init__(f"{where}: {failure}")
+        self.failure = failure  # the reason without the place
+
 
 @dataclass(frozen=True)
 class GoldenImage:
@@ -149,10 +153,10 @@ def check_recipe(inspector: Inspector, recipe_dir: Path) -> list[GoldenOutcome] 
         return None
     recipe_id = str(inspector.recipe.recipe_id)
     if golden.recipe_id != recipe_id:
-        raise SelftestFailed(f"{recipe_dir / GOLDEN_FILE}: golden images were made with recipe {golden.recipe_id}, "
-                             f"the recipe is {recipe_id}; make them again with `okcell recipe golden`")
+        raise SelftestFailed(recipe_dir / GOLDEN_FILE, f"golden images were made with recipe {golden.recipe_id}, the "
+                             f"recipe is {recipe_id}; make them again with `okcell recipe golden`")
     outcomes = inspect_golden(inspector, recipe_dir, golden.images)
     failure = selftest_failure(outcomes, golden.tolerance)
     if failure is not None:
-        raise SelftestFailed(f"{recipe_dir}: {failure}")
+        raise SelftestFailed(recipe_dir, failure)
     return outcomes

@@ -9,7 +9,8 @@ before a crash is answered with ERROR "cell restarted" at the next start. Result
 
 Control (thread-safe; this implements ``edge.runtime.control.CellControl``):
 ``request_trigger(part_id) -> cycle`` (software trigger), ``add_sink(sink)``, ``wait_result(cycle, timeout)``,
-``reload_recipe()`` / ``activate_recipe(id)`` (a bad recipe is refused, the old one keeps running, no cycle lost),
+``reload_recipe()`` / ``activate_recipe(id)`` (a bad recipe, or one whose golden images do not reproduce, is refused,
+the old one keeps running, no cycle lost; ``edge.runtime.recipe_switch``),
 ``start()``/``stop()`` (accept or refuse triggers), ``reset()``, ``status()``.
 Lifecycle: ``startup()`` (camera, model, recipe, one warm-up inference, then ``READY=1``), ``shutdown()``
 (``STOPPING=1``, queued triggers are processed, then the stages stop)."""
