@@ -92,7 +92,8 @@ def assert_untouched(root: Path) -> None:
     assert active_name(recipes) is None
 
 
-def test_push_and_activate_on_a_running_cell(root: Path, recipe: Path, running_cell: subprocess.Popen[str]):
+def test_push_and_activate_on_a_running_cell(root: Path, recipe: Path, running_cell: subprocess.Popen[str],
+                                              tmp_path: Path):
     before = loaded(root)
     assert before.pid == running_cell.pid and before.recipe == "demo-recipe" and before.accepted
     done = push(root, recipe, "--activate", "--timeout", "120")
@@ -112,6 +113,9 @@ def test_push_and_activate_on_a_running_cell(root: Path, recipe: Path, running_c
     running_cell.terminate()
     output = running_cell.communicate(timeout=120)[0]
     assert f"recipe {now.recipe_id} loaded; self-test: 4 golden image(s) passed; active from the next cycle" in output
+    with ready_process(okcell("run", "--config", str(root / CONFIG_FILE)), tmp_path / "notify-again",
+                       env=child_env()) as (restarted, _listener):  # .active keeps the pushed recipe over a restart
+        assert (loaded(root).pid, loaded(root).recipe) == (restarted.pid, NAME)
 
 
 def test_cell_not_running_switches_back(root: Path, recipe: Path):
