@@ -89,9 +89,14 @@ def install(root: Path, bundle: Path, *extra: str, service: str = "trial") -> su
 
 def install_killed_at(root: Path, bundle: Path, step: str) -> list[str]:
     """Run an install and SIGKILL it as soon as it announces ``step``; returns the lines it printed."""
-    child = subprocess.Popen(okcell("bundle", "install", str(bundle), "--root", str(root), "--service", "trial",
-                                    "--ready-timeout", "120"),
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env())
+    return killed_at(okcell("bundle", "install", str(bundle), "--root", str(root), "--service", "trial",
+                            "--ready-timeout", "120"), step)
+
+
+def killed_at(command: list[str], step: str) -> list[str]:
+    """Run ``command`` (an okcell command that prints ``step NAME: ...`` lines) and SIGKILL it as soon as it
+    announces ``step``; returns the lines it printed."""
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env())
     assert child.stdout is not None
     lines = []
     for line in child.stdout:
@@ -101,7 +106,7 @@ def install_killed_at(root: Path, bundle: Path, step: str) -> list[str]:
             break
     child.wait(timeout=60)
     child.stdout.close()
-    assert child.returncode == -signal.SIGKILL, f"the installer finished before step {step}:\n" + "\n".join(lines)
+    assert child.returncode == -signal.SIGKILL, f"the command finished before step {step}:\n" + "\n".join(lines)
     return lines
 
 

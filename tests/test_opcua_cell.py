@@ -4,6 +4,7 @@ with a real asyncua client on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import sqlite3
@@ -15,6 +16,8 @@ import yaml
 from asyncua import ua
 from asyncua.ua.uaerrors import UaStatusCodeError
 
+from edge.deploy.selftest import add_recipe_golden
+from edge.runtime.golden import GOLDEN_FILE
 from okcell.recipe import BANK_FILE
 from edge.runtime.cell_config import load_cell_config
 from edge.runtime.control import InvalidPartId
@@ -58,10 +61,18 @@ def endpoint(service: CellService) -> str:
 
 @pytest.fixture(scope="module")
 def cell_root(exported_model: Path, demo_recipe: Path, demo_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cell folder: recipes/demo and recipes/demo-copy (good), recipes/tampered (bank index altered after calibration)."""
+    """A cell folder: recipes/demo and recipes/demo-copy (good), recipes/tampered (bank index altered after calibration),
+    recipes/golden (golden images that pass) and recipes/golden-shifted (one expected score off by 0.1)."""
     root = tmp_path_factory.mktemp("opcua-cell")
     for name in ("demo", "demo-copy", "tampered"):
         shutil.copytree(demo_recipe, root / "recipes" / name)
+    for name in ("golden", "golden-shifted"):
+        shutil.copytree(demo_recipe, root / "recipes" / name)
+        add_recipe_golden(root / "recipes" / name, exported_model, [demo_images / "holdout" / "ok"], 2, 0.01)
+    shifted = root / "recipes" / "golden-shifted" / GOLDEN_FILE
+    golden = json.loads(shifted.read_text())
+    golden["golden"][0]["score"] += 0.1
+    shifted.write_text(json.dumps(golden))
     bank = root / "recipes" / "tampered" / BANK_FILE
     content = bank.read_bytes()
     bank.write_bytes(content[:-16] + bytes(b ^ 0xFF for b in content[-16:]))
@@ -186,7 +197,8 @@ def test_bad_recipe_is_refused_and_bad_arguments_keep_the_cell_running(service: 
             recipes = client.get_node(ua.NodeId("Cell.Recipes", idx))
             activate = ua.QualifiedName("ActivateRecipe", idx)
             active = await var(client, idx, "Recipes.ActiveRecipeId").read_value()
-            assert sorted(await var(client, idx, "Recipes.AvailableRecipeIds").read_value()) == ["demo", "demo-copy", "tampered"]
+            assert sorted(await var(client, idx, "Recipes.AvailableRecipeIds").read_value()) == [
+                "demo", "demo-copy", "golden", "golden-shifted", "tampered"]
             for args, code in [
                 ([ua.Variant("tampered")], ua.StatusCodes.BadConfigurationError),
                 ([ua.Variant("no-such-recipe")], ua.StatusCodes.BadInvalidArgument),
@@ -209,6 +221,42 @@ def test_bad_recipe_is_refused_and_bad_arguments_keep_the_cell_running(service: 
             assert await var(client, idx, "State.CurrentStateName").read_value() == "Operational"
 
     asyncio.run(scenario())
+
+
+def test_activate_recipe_runs_the_golden_images_it_carries(cell_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A recipe whose golden images do not reproduce is refused (the reason in the log and LastActivationError), the
+    old recipe runs on; one whose golden images pass is switched to at the next cycle."""
+    caplog.set_level(logging.INFO, logger="edge.runtime.service")
+    service = start_cell(second_cell_config(cell_root, "golden"))
+
+    async def scenario() -> None:
+        async with session(endpoint(service)) as (client, cell, idx):
+            recipes = client.get_node(ua.NodeId("Cell.Recipes", idx))
+            activate = ua.QualifiedName("ActivateRecipe", idx)
+            with pytest.raises(UaStatusCodeError) as caught:
+                await recipes.call_method(activate, ua.Variant("golden-shifted"))
+            assert caught.value.code == ua.StatusCodes.BadConfigurationError
+            error = await var(client, idx, "Recipes.LastActivationError").read_value()
+            assert "golden-shifted: self-test failed: 1 of 2 golden image(s) differ: selftest/000-" in error, error
+            refused = [r.getMessage() for r in caplog.records if "refused, keeping" in r.getMessage()]
+            assert len(refused) == 1 and "self-test failed: 1 of 2 golden image(s) differ" in refused[0]
+            collector = EventCollector()
+            await subscribe_results(client, idx, collector)
+            await cell.call_method(ua.QualifiedName("Trigger", idx), ua.Variant("after-refusal"))
+            await collector.wait_for(1, timeout_s=60)
+            assert await var(client, idx, "Recipes.ActiveRecipeId").read_value() == "demo"
+
+            await recipes.call_method(activate, ua.Variant("golden"))
+            assert await var(client, idx, "Recipes.LastActivationError").read_value() == ""
+            assert any("self-test: 2 golden image(s) passed" in r.getMessage() for r in caplog.records)
+            await cell.call_method(ua.QualifiedName("Trigger", idx), ua.Variant("after-switch"))
+            await collector.wait_for(2, timeout_s=60)
+            assert service.status().active_recipe == "golden"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.shutdown()
 
 
 def second_cell_config(cell_root: Path, name: str) -> Path:

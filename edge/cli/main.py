@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cameras": ("edge.cli.cameras", "list GenICam cameras and their main features"),
     "run": ("edge.cli.run", "run the inspection cell from a config file"),
     "bundle": ("edge.cli.bundle", "release bundles: create, inspect, install (with self-test and rollback), list"),
+    "recipe": ("edge.cli.recipe", "golden images for a recipe; push a recipe onto a running cell (self-test, switch)"),
 }
 
 

@@ -1,7 +1,7 @@
 """``okcell run --config cell.yaml``: run the inspection cell until SIGTERM (systemd ``Type=notify``).
 
-SIGTERM/SIGINT: finish queued triggers and stop. SIGHUP: reload the recipe (a bad one is refused and logged, the
-running one stays)."""
+SIGTERM/SIGINT: finish queued triggers and stop. SIGHUP: reload the recipe (``recipe:`` or the one ``.active`` beside it
+names; a bad one is refused and logged, the running one stays)."""
 
 from __future__ import annotations
 

@@ -30,8 +30,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from edge.runtime.cell_config import RELEASE_CONFIG
+from edge.runtime.golden import GoldenImage
 from okcell import __version__
-from okcell.names import DECISIONS
+from okcell.durable import fsync_tree
 from okcell.schema import ConfigError, parse_json, require_keys, typed
 from okcell.signing import load_public_key, signer_key_id, verify_signature
 
@@ -50,17 +51,6 @@ _CHUNK = 1 << 20
 
 class InstallError(RuntimeError):
     """An install or rollback step failed; the message says which and why (the cell keeps a whole release)."""
-
-
-@dataclass(frozen=True)
-class GoldenImage:
-    """One self-test image: what the cell must reproduce with the release's model and recipe."""
-
-    file: str  # path inside the release
-    recipe: str  # recipe name (key of ReleaseManifest.recipes)
-    source: str  # where it came from on the machine that made the bundle
-    decision: str
-    score: float
 
 
 @dataclass(frozen=True)
@@ -118,16 +108,11 @@ class ReleaseManifest:
         golden = []
         for index, entry in enumerate(data["golden"]):
             where = f"{source} [golden[{index}]]"
-            require_keys(entry, {"file", "recipe", "source", "decision", "score"}, set(), where)
-            for key in ("file", "recipe", "source", "decision"):
-                typed(entry, key, str, where)
-            typed(entry, "score", (int, float), where)
-            if entry["decision"] not in DECISIONS or entry["decision"] == "ERROR":
-                raise ConfigError(f"{where}: field 'decision' must be OK or NOK, found {entry['decision']!r}")
-            if entry["recipe"] not in data["recipes"] or entry["file"] not in files:
-                raise ConfigError(f"{where}: names recipe {entry['recipe']!r} / file {entry['file']!r}, which the "
+            image = GoldenImage.from_json(entry, where)
+            if image.recipe not in data["recipes"] or image.file not in files:
+                raise ConfigError(f"{where}: names recipe {image.recipe!r} / file {image.file!r}, which the "
                                   "manifest does not list")
-            golden.append(GoldenImage(**{**entry, "score": float(entry["score"])}))
+            golden.append(image)
         for name, folder in data["recipes"].items():
             if f"{folder}/manifest.json" not in files:
                 raise ConfigError(f"{source}: recipe {name!r}: {folder}/manifest.json is not in the manifest's files")
@@ -291,20 +276,6 @@ def _copy(archive: tarfile.TarFile, info: tarfile.TarInfo, out: Any) -> tuple[st
         if out is not None:
             out.write(chunk)
     return digest.hexdigest(), size
-
-
-def fsync_tree(directory: Path) -> None:
-    """fsync every folder under ``directory`` (and it), so that renames and new entries survive a power cut."""
-    for folder in [directory, *(p for p in directory.rglob("*") if p.is_dir() and not p.is_symlink())]:
-        fsync_dir(folder)
-
-
-def fsync_dir(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def write_bundle(staging: Path, manifest: ReleaseManifest, out: Path) -> None:

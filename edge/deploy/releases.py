@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from edge.deploy.bundle import MANIFEST_FILE, ReleaseManifest, fsync_dir, remove_tree
+from edge.deploy.bundle import MANIFEST_FILE, ReleaseManifest, remove_tree
+from okcell.durable import fsync_dir, point_link
 from okcell.schema import ConfigError, read_json, sha256_file
 
 STATE_DIR = Path("var/lib/okcell")
@@ -66,17 +67,9 @@ class ReleaseStore:
 
     def point(self, link: str, release_id: str | None) -> None:
         """Make ``link`` name ``release_id`` (None: remove it), atomically and durably."""
-        path = self.folder / link
-        if release_id is None:
-            path.unlink(missing_ok=True)
-        else:
-            if not self.path(release_id).is_dir():
-                raise ConfigError(f"{self.path(release_id)}: release not installed")
-            temporary = self.folder / f".link-{link}-{os.getpid()}"
-            temporary.unlink(missing_ok=True)
-            os.symlink(release_id, temporary)
-            os.replace(temporary, path)
-        fsync_dir(self.folder)
+        if release_id is not None and not self.path(release_id).is_dir():
+            raise ConfigError(f"{self.path(release_id)}: release not installed")
+        point_link(self.folder / link, release_id)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -86,7 +79,7 @@ class ReleaseStore:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ConfigError(f"{self.folder}: another okcell bundle install or rollback is running") from None
+                raise ConfigError(f"{self.folder}: another okcell bundle install, rollback or recipe push is running") from None
             yield
 
     def staging(self, release_id: str) -> Path:

@@ -4,18 +4,20 @@
 recipe and keeps a few whose score lies clearly on one side of the threshold (at least twice the tolerance away),
 so that a small numeric difference on the cell (another CPU, a TensorRT FP16 engine) cannot flip a decision.
 ``okcell bundle install`` inspects them again with the backend the cell will use and requires the same decision
-and a score within the tolerance; any difference stops the install before the release is switched on.
+and a score within the tolerance (the check itself is :mod:`edge.runtime.golden`, shared with ``okcell recipe
+push`` and the cell's recipe switch); any difference stops the install before the release is switched on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge.backends.onnxruntime_backend import OnnxRuntimeExtractor
 from edge.backends.select import open_extractor
-from edge.deploy.bundle import MODEL_FILE, GoldenImage, InstallError, ReleaseManifest
+from edge.deploy.bundle import MODEL_FILE, InstallError, ReleaseManifest
+from edge.runtime.golden import GoldenOutcome, RecipeGolden, inspect_golden, selftest_failure, write_recipe_golden
 from edge.runtime.inspector import Inspector
 from okcell.extractor import FeatureExtractor
 from okcell.images import IMAGE_SUFFIXES, read_image
@@ -70,23 +72,6 @@ def pick_golden(inspector: Inspector, folder: Path, count: int, tolerance: float
     return chosen
 
 
-@dataclass(frozen=True)
-class GoldenOutcome:
-    image: GoldenImage
-    decision: str
-    score: float | None
-    error: str | None
-
-    def problem(self, tolerance: float) -> str | None:
-        """Why this image fails the self-test, or None."""
-        expected = f"expected {self.image.decision} {self.image.score:.4f} ± {tolerance:g}"
-        if self.score is None:
-            return f"{self.image.file}: ERROR ({self.error}), {expected}"
-        if self.decision != self.image.decision or abs(self.score - self.image.score) > tolerance:
-            return f"{self.image.file}: {self.decision} {self.score:.4f}, {expected}"
-        return None
-
-
 def run_selftest(release: Path, manifest: ReleaseManifest, backend: str, engine: Path | None,
                  recipe_key: Path | None) -> list[GoldenOutcome]:
     """Load every recipe of the release with its model on ``backend`` (as the cell will) and inspect the golden
@@ -105,13 +90,27 @@ def run_selftest(release: Path, manifest: ReleaseManifest, backend: str, engine:
             except ConfigError as exc:
                 raise InstallError(f"self-test: recipe {name!r} does not load: {exc}") from None
             inspector = Inspector(extractor, recipe, heatmap=False)
-            for image in (g for g in manifest.golden if g.recipe == name):
-                result = inspector.inspect(read_image(release / image.file))
-                outcomes.append(GoldenOutcome(image, result.decision, result.score, result.error))
+            outcomes += inspect_golden(inspector, release, [g for g in manifest.golden if g.recipe == name])
     finally:
         extractor.close()
-    problems = [p for p in (o.problem(manifest.tolerance) for o in outcomes) if p]
-    if problems:
-        raise InstallError(f"self-test failed: {len(problems)} of {len(outcomes)} golden image(s) differ: "
-                           + "; ".join(problems))
+    failure = selftest_failure(outcomes, manifest.tolerance)
+    if failure is not None:
+        raise InstallError(failure)
     return outcomes
+
+
+def add_recipe_golden(recipe_dir: Path, model: Path, folders: list[Path], count: int, tolerance: float) -> RecipeGolden:
+    """``okcell recipe golden``: pick up to ``count`` golden images from each folder with the recipe and its model
+    (ONNX Runtime, as ``okcell bundle create`` does) and store them in ``recipe_dir/selftest/``."""
+    if count < 1:
+        raise ConfigError(f"--golden-count must be >= 1, found {count}")
+    if not tolerance >= 0:
+        raise ConfigError(f"--tolerance must be >= 0, found {tolerance}")
+    recipe = Recipe.load(recipe_dir, load_verified(model))
+    extractor = OnnxRuntimeExtractor(model)
+    try:
+        inspector = Inspector(extractor, recipe, heatmap=False)
+        chosen = [pick for folder in folders for pick in pick_golden(inspector, folder, count, tolerance)]
+    finally:
+        extractor.close()
+    return write_recipe_golden(recipe_dir, recipe.recipe_id, tolerance, chosen)

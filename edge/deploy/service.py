@@ -8,6 +8,10 @@
   child with SIGTERM (SIGKILL after ``stop_timeout_s``; a child that never got READY gets ``FAILED_GRACE_S``). The
   child gets SIGTERM too if the installer dies.
 * :class:`NoService` (``--service none``, building an image): no restart and no READY gate, said in the output.
+
+``okcell recipe push --activate`` asks the running cell to reload its recipe (SIGHUP) through a :class:`CellReloader`:
+:class:`SystemdService` (``systemctl reload``, the unit's ``ExecReload=kill -HUP $MAINPID``) or :class:`SignalCell`
+(SIGHUP to the process that last reported a recipe load: cells run without a service manager).
 """
 
 from __future__ import annotations
@@ -43,6 +47,20 @@ class ServiceManager(Protocol):
 
     def wait_ready(self, timeout_s: float) -> str | None:
         """None once the cell sent READY=1, else why not (exited, failed, not within ``timeout_s``)."""
+
+
+class CellReloader(Protocol):
+    name: str
+
+    def check(self) -> None:
+        """ConfigError if this way of reaching the cell cannot work here (checked before anything is changed)."""
+
+    def reload(self, pid: int | None) -> None:
+        """Make the running cell reload its recipe; ``pid``: the process that last reported a load (or None).
+        InstallError if the cell cannot be reached."""
+
+    def running(self, pid: int | None) -> bool:
+        """Whether the cell is still running (a reload it did not answer is then only late)."""
 
 
 class NoService:
@@ -88,6 +106,14 @@ class SystemdService:
         done = subprocess.run(["systemctl", "restart", "--no-block", self.unit], capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             raise InstallError(f"systemctl restart {self.unit} failed: {done.stderr.strip()}")
+
+    def reload(self, pid: int | None) -> None:
+        done = subprocess.run(["systemctl", "reload", self.unit], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise InstallError(f"systemctl reload {self.unit} failed: {done.stderr.strip()}")
+
+    def running(self, pid: int | None) -> bool:
+        return self._show().get("ActiveState") in ("active", "reloading")
 
     def wait_ready(self, timeout_s: float) -> str | None:
         deadline = time.monotonic() + timeout_s
@@ -180,6 +206,32 @@ class TrialRun:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+
+
+class SignalCell:
+    """SIGHUP to the ``okcell run`` process that last reported a recipe load."""
+
+    name = "signal"
+
+    def check(self) -> None:
+        pass
+
+    def reload(self, pid: int | None) -> None:
+        if pid is None:
+            raise InstallError("no running cell found: none has reported a recipe load in its recipes folder yet "
+                               "(is `okcell run` running with this cell.yaml?)")
+        if not self.running(pid):
+            raise InstallError(f"the cell process {pid} that last reported a recipe load is not running")
+        os.kill(pid, signal.SIGHUP)
+
+    def running(self, pid: int | None) -> bool:
+        """``pid`` is alive and runs ``okcell run`` (not another process that got the id later)."""
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return pid is not None and b"run" in command and any(b"okcell" in part or b"edge.cli.main" in part
+                                                             for part in command)
 
 
 def _die_with_parent() -> None:

@@ -9,7 +9,8 @@ before a crash is answered with ERROR "cell restarted" at the next start. Result
 
 Control (thread-safe; this implements ``edge.runtime.control.CellControl``):
 ``request_trigger(part_id) -> cycle`` (software trigger), ``add_sink(sink)``, ``wait_result(cycle, timeout)``,
-``reload_recipe()`` / ``activate_recipe(id)`` (a bad recipe is refused, the old one keeps running, no cycle lost),
+``reload_recipe()`` / ``activate_recipe(id)`` (a bad recipe, or one whose golden images do not reproduce, is refused,
+the old one keeps running, no cycle lost; ``edge.runtime.recipe_switch``),
 ``start()``/``stop()`` (accept or refuse triggers), ``reset()``, ``status()``.
 Lifecycle: ``startup()`` (camera, model, recipe, one warm-up inference, then ``READY=1``), ``shutdown()``
 (``STOPPING=1``, queued triggers are processed, then the stages stop)."""
@@ -34,6 +35,7 @@ from edge.runtime.archive_guard import ArchiveGuard
 from edge.runtime.cell_config import CellConfig
 from okcell.names import CELL_STAGES, DECISIONS, CellState, Decision
 from edge.runtime.control import CellStatus, TriggerRefused, check_part_id
+from edge.runtime.recipe_switch import LoadedRecorder, selected_recipe
 from edge.runtime.outputs import ResultSink
 from okcell.result import CellResult, InspectionResult
 from edge.runtime.sdnotify import SdNotifier
@@ -96,6 +98,8 @@ class CellService:
         self.camera_failed = False
         self._inspection: Inspection | None = None
         self._pending_inspection: Inspection | None = None
+        self._extractor_lock = threading.Lock()  # the inference stage and a recipe switch's self-test share the model
+        self._loaded = LoadedRecorder()
         self._cycle = 0
         self._cycle_lock = threading.Lock()
         self._accepting = False
@@ -130,9 +134,10 @@ class CellService:
         self.archive.start()  # ConfigError naming the path if it is read-only or full
         self.start_cycle = self._cycle = self.archive.issued
         self.source.check()
-        self._inspection = self._load_inspection(self.config.recipe)
+        self._inspection = self._load_inspection(selected_recipe(self.config.recipe))
         self._log_setup(self._inspection)
         self._warm_up(self._inspection)
+        self._record_loaded(self._inspection.recipe_dir, self._inspection.recipe_id)
         unfinished = self.archive.unfinished()
         if unfinished:
             log.warning("%d trigger(s) accepted before the restart were never finished (ids %d..%d): ERROR results",
@@ -232,8 +237,9 @@ class CellService:
             self.state = "Operational"
 
     def reload_recipe(self) -> str:
-        """Reload the configured recipe folder (SIGHUP); see :meth:`activate_recipe`."""
-        return self._switch_recipe(self.config.recipe)
+        """Reload the configured recipe folder, or the one ``.active`` names beside it (SIGHUP; see
+        :mod:`edge.runtime.recipe_switch` and :meth:`activate_recipe`)."""
+        return self._switch_recipe(selected_recipe(self.config.recipe))
 
     def activate_recipe(self, recipe_id: str) -> None:
         """Switch to the recipe folder named ``recipe_id`` beside the current one; ConfigError if unknown or bad."""
@@ -244,7 +250,8 @@ class CellService:
 
     def available_recipes(self) -> tuple[str, ...]:
         root = self._recipes_root()
-        return tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "manifest.json").is_file()))
+        return tuple(sorted(p.name for p in root.iterdir()
+                            if not p.name.startswith(".") and p.is_dir() and (p / "manifest.json").is_file()))
 
     def status(self) -> CellStatus:
         inspection = self._inspection
@@ -460,7 +467,8 @@ class CellService:
             heartbeat.begin()
             self._in_flight["inference"] = job
             try:
-                result = self._inspect(job, inspection)
+                with self._extractor_lock:
+                    result = self._inspect(job, inspection)
             finally:
                 heartbeat.end()
             if not self._current("inference", generation):
@@ -601,18 +609,34 @@ class CellService:
             raise ConfigError(f"{inspection.recipe_dir}: warm-up inference failed: {outcome.error}")
 
     def _switch_recipe(self, recipe_dir: Path) -> str:
-        """Load a recipe beside the running one (same model); the inference stage switches between two cycles."""
+        """Load a recipe beside the running one (same model) and run the golden images it carries
+        (:mod:`edge.runtime.golden`; between two cycles); the inference stage switches to it at the next cycle."""
+        from edge.runtime.golden import check_recipe
+        from edge.runtime.inspector import Inspector
+
         assert self._inspection is not None
         try:
             candidate = self._load_inspection(recipe_dir, extractor=self._inspection.extractor)
+            with self._extractor_lock:
+                checked = check_recipe(Inspector(candidate.extractor, candidate.recipe, heatmap=False), recipe_dir)
         except Exception as exc:
             log.error("recipe %s refused, keeping %s: %s", recipe_dir, self.recipe_id, exc)
+            self._record_loaded(Path(recipe_dir), "", str(exc) or type(exc).__name__)
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"{recipe_dir}: recipe refused: {exc}") from exc
         self._pending_inspection = candidate
-        log.info("recipe %s loaded; active from the next cycle", candidate.recipe_id)
+        self._record_loaded(Path(recipe_dir), candidate.recipe_id)
+        selftest = f"; self-test: {len(checked)} golden image(s) passed" if checked else ""
+        log.info("recipe %s loaded%s; active from the next cycle", candidate.recipe_id, selftest)
         return candidate.recipe_id
+
+    def _record_loaded(self, recipe_dir: Path, recipe_id: str, error: str = "") -> None:
+        """Tell ``okcell recipe push`` what was loaded (``.loaded.json``); a failure to write is only logged."""
+        try:
+            self._loaded.record(recipe_dir, recipe_id, error)
+        except OSError as exc:
+            log.warning("cannot record the recipe load in %s: %s", recipe_dir.parent, exc)
 
     def _overlay(self, frame: np.ndarray, outcome: InspectionResult) -> np.ndarray:
         """The archived heatmap: anomaly map blended into the active recipe's ROI (BGR)."""
