@@ -14,7 +14,7 @@ from calibration.eval_data import EvalSet
 from calibration.evaluation import auroc
 from calibration.perturbations import PERTURBATIONS, SHIFT_PX
 from calibration.pixel_metrics import aupro, area_under, pixel_auroc, pro_curve, roc_curve
-from calibration.thresholds import assess
+from calibration.thresholds import measured_threshold, risk_at
 from edge.cli.main import main
 
 
@@ -31,11 +31,11 @@ def test_auroc_counts_ties_half_and_the_roc_area_agrees():
 def test_recall_at_a_target_false_reject_rate_uses_a_threshold_from_the_ok_scores():
     ok = np.arange(100) / 100.0  # 0.00 ... 0.99
     nok = {"scratch": np.array([0.5, 0.985, 0.99, 1.2])}
-    one_percent = assess(ok, nok, 0.01)  # one OK score (0.99) may lie above: threshold 0.98
+    one_percent = risk_at(measured_threshold(ok, 0.01), ok, nok, 0.01)  # one OK score (0.99) may lie above: threshold 0.98
     assert one_percent.threshold == pytest.approx(0.98)
     assert (one_percent.false_rejects.events, one_percent.false_rejects.total) == (1, 100)
     assert one_percent.detected_per_defect["scratch"].events == 3
-    tenth = assess(ok, nok, 0.001)  # floor(0.1) = 0 above: the highest OK score; a tie with it is not caught
+    tenth = risk_at(measured_threshold(ok, 0.001), ok, nok, 0.001)  # floor(0.1) = 0 above: the highest OK score; a tie with it is not caught
     assert tenth.threshold == pytest.approx(0.99)
     assert tenth.false_rejects.events == 0
     assert tenth.detected_per_defect["scratch"].events == 1
