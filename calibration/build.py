@@ -402,9 +402,9 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             f"recipe {manifest['recipe_id']}  ({manifest['created']})",
             f"model {Path(model_path).name} {sidecar.input_size[1]}x{sidecar.input_size[0]}",
             f"bank {references.size} patches from {len(ok_paths)} OK images",
-            f"scoring k={settings.k}, {settings.aggregation}, mask {mask.mode}, sizing {settings.sizing.mode}; "
-            + ("leave-one-out" if settings.held_out == "leave-one-out" else f"{settings.folds}-fold") + " held-out"
+            f"scoring k={settings.k}, {settings.aggregation}, mask {mask.mode}, sizing {settings.sizing.mode}"
             + (f"; bank + {', '.join(settings.augment)}" if settings.augment else ""),
+            "held-out OK scores: " + ("leave-one-out" if settings.held_out == "leave-one-out" else f"{settings.folds}-fold"),
         ]
         write_report(staging / recipe_files.REPORT_FILE, ok_scores, nok_scores, risk, header)
         if signing_key is not None:
