@@ -48,7 +48,7 @@ def test_hidden_rows_leave_the_results_and_come_back(references: list[CropFeatur
 
 
 def _reference_bank(crops: list[CropFeatures], held_out: HeldOut) -> ReferenceBank:
-    settings = CalibrationSettings(ok_dir=Path("unused"), folds=3, held_out=held_out, coreset_ratio=0.25)
+    settings = CalibrationSettings(ok_dir=Path("unused"), folds=3, held_out=held_out)  # calibrate's coreset ratio
     with FeatureCache(crops[0].patches.shape[2]) as cache:
         for source, crop in enumerate(crops):
             cache.append(crop, source)
