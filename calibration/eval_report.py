@@ -90,7 +90,7 @@ def markdown(result: dict[str, Any]) -> str:
     rows = [
         ("image AUROC", num(result["image"]["auroc"])),
         ("false-reject rate at the recipe threshold (test OK)", rate(at_recipe["frr"])),
-        ("false-reject rate stated at calibration (held-out folds)",
+        ("false-reject rate stated at calibration (held-out OK scores)",
          f"{rate(calibration_frr)}: the bound {holds} on the test OK"),
         ("escape rate at the recipe threshold (test NOK)", rate(at_recipe.get("escape"))),
     ]
