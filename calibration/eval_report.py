@@ -179,7 +179,7 @@ def compare(results: list[dict[str, Any]]) -> str:
         rows.append([name] + [cell(r) for r in results])
 
     row("data", lambda r: Path(r["data"]["root"]).name)
-    row("model", lambda r: f"{r['model']['input_size'][0]} px, block {','.join(map(str, r['model']['layers']))}")
+    row("model", lambda r: "{}x{} px, block {}".format(*r["model"]["input_size"], ",".join(map(str, r["model"]["layers"]))))
     row("backend", lambda r: r["model"]["backend"])
     row("image AUROC", lambda r: num(r["image"]["auroc"]))
     row("FRR at recipe threshold", lambda r: rate(r["at_recipe_threshold"]["frr"]))

@@ -169,7 +169,7 @@ def test_compare_prints_runs_side_by_side(evaluation, tmp_path, capsys):
     _, out = evaluation
     other = tmp_path / "other.json"
     result = json.loads((out / "evaluation.json").read_text())
-    other.write_text(json.dumps({**result, "label": "other"}))
+    other.write_text(json.dumps({**result, "label": "other", "model": {**result["model"], "input_size": [560, 224]}}))
     capsys.readouterr()
     assert main(["evaluate", "--compare", str(out / "evaluation.json"), str(other)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -177,6 +177,8 @@ def test_compare_prints_runs_side_by_side(evaluation, tmp_path, capsys):
     auroc_row = next(line for line in lines if line.startswith("| image AUROC |"))
     assert auroc_row.count(f"{result['image']['auroc']:.3f}") == 2
     assert any(line.startswith("|   scratch |") for line in lines)
+    height, width = result["model"]["input_size"]
+    assert next(line for line in lines if line.startswith("| model |")).startswith(f"| model | {height}x{width} px, block 9 | 560x224 px, block 9 |")
 
 
 def test_compare_refuses_an_unfinished_run(tmp_path, capsys):
