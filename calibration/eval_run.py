@@ -209,6 +209,7 @@ def _at_recipe(calibration_risk: dict[str, Any], threshold: float, ok: np.ndarra
     risk = risk_at(threshold, ok, nok, float(calibration_risk["target_frr"])).to_json()
     stated = float(calibration_risk["frr"]["upper95"])
     risk["calibration_frr"] = calibration_risk["frr"]
+    risk["expected_frr"] = calibration_risk.get("expected_frr")  # on new parts, as the recipe states it
     risk["frr_bound_holds"] = risk["frr"]["rate"] <= stated
     # how likely this many test false rejects would be if the true rate were the stated bound
     risk["frr_chance_at_bound"] = chance_of_at_least(risk["frr"]["events"], risk["frr"]["total"], stated)

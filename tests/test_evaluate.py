@@ -142,6 +142,7 @@ def test_evaluate_writes_the_report_with_every_measure(evaluation, small_set):
     assert at_recipe["frr"]["total"] == 6 and at_recipe["escape"]["total"] == 4
     assert at_recipe["frr"]["upper95"] >= at_recipe["frr"]["rate"]
     assert isinstance(at_recipe["frr_bound_holds"], bool) and 0.0 <= at_recipe["frr_chance_at_bound"] <= 1.0
+    assert at_recipe["expected_frr"] == pytest.approx(1 / 11)  # 10 references are too few for 1 %: 1/(n + 1)
     assert [risk["target_frr"] for risk in result["at_test_frr"]] == [0.01, 0.001]
     assert 0.0 <= result["pixel"]["auroc"] <= 1.0 and 0.0 <= result["pixel"]["aupro"] <= 1.0
     assert result["pixel"]["images"] == 10  # 6 good + 4 masked defective
@@ -162,6 +163,7 @@ def test_evaluate_writes_the_report_with_every_measure(evaluation, small_set):
     for heading in ("## Summary", "## Per defect type", "## Robustness", "## Synthetic defects", "## Recipe settings",
                     "## Errors (1)", "from test OK"):
         assert heading in report
+    assert "| false-reject rate the recipe expects on new parts | 9.09 % |" in report
     assert "broken.png" in report and "![worst](worst.png)" in report
 
 
@@ -177,6 +179,7 @@ def test_compare_prints_runs_side_by_side(evaluation, tmp_path, capsys):
     auroc_row = next(line for line in lines if line.startswith("| image AUROC |"))
     assert auroc_row.count(f"{result['image']['auroc']:.3f}") == 2
     assert any(line.startswith("|   scratch |") for line in lines)
+    assert "| FRR expected by the recipe | 9.09 % | 9.09 % |" in lines
     height, width = result["model"]["input_size"]
     assert next(line for line in lines if line.startswith("| model |")).startswith(f"| model | {height}x{width} px, block 9 | 560x224 px, block 9 |")
 
