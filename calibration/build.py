@@ -1,6 +1,7 @@
 """``okcell calibrate`` end to end: reference features (sized by the sizing rule, with augmented copies) -> mask ->
-fold coresets -> held-out OK scores -> threshold -> final bank, NOK and synthetic scoring, labelled embeddings ->
-report -> recipe directory (written atomically)."""
+fold coresets (their union is the final bank) -> held-out OK scores (leave-one-out against the final bank, or
+k-fold) -> threshold -> NOK and synthetic scoring, labelled embeddings -> report -> recipe directory (written
+atomically)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from okcell import __version__
 from okcell import recipe as recipe_files
-from okcell.bank_index import IndexParams, build_index
+from okcell.bank_index import IndexParams, build_index, hidden
 from calibration.augment import SWAPS_SIDES
 from calibration.coreset import SequentialCoreset
 from calibration.ef_tuning import EfTuning, tune_ef
@@ -33,6 +34,7 @@ from calibration.thresholds import Risk, assess, assign_folds
 from okcell.extractor import FeatureExtractor
 from okcell.images import ImageError, list_images
 from okcell.masking import ImageMask, Mask, NoMask, PcaMask
+from okcell.names import HELD_OUT, HeldOut
 from okcell.roi import Roi
 from okcell.scoring import DECISION_RULE, PatchScorer, check_aggregation
 from okcell.schema import ConfigError, sha256_file
@@ -55,6 +57,7 @@ class CalibrationSettings:
     roi: Roi | None = None
     target_frr: float = 0.01
     folds: int = 5
+    held_out: HeldOut = "leave-one-out"
     k: int = 1
     aggregation: str = "top1pct"
     sizing: Sizing = field(default_factory=Sizing)
@@ -73,7 +76,9 @@ class CalibrationSettings:
         if not 0.0 <= self.target_frr < 1.0:
             raise ConfigError(f"--target-frr {self.target_frr}: expected a rate in [0, 1), e.g. 0.01 for 1 %")
         if self.folds < 2:
-            raise ConfigError(f"--folds {self.folds}: need at least 2 (OK images are scored by banks that exclude them)")
+            raise ConfigError(f"--folds {self.folds}: need at least 2 (the bank is the union of one coreset per fold)")
+        if self.held_out not in HELD_OUT:
+            raise ConfigError(f"--held-out {self.held_out!r}: expected one of {', '.join(HELD_OUT)}")
         if self.k < 1 or self.label_k < 1:
             raise ConfigError(f"--k {self.k} / --label-k {self.label_k}: must be at least 1")
         if not 0.0 < self.coreset_ratio <= 1.0:
@@ -154,7 +159,7 @@ def _say(message: str) -> None:
 
 def _fold_coresets(cache: FeatureCache, fold_of: np.ndarray, mask: Mask, settings: CalibrationSettings) -> list[SequentialCoreset]:
     """One running coreset per fold (its references' foreground patches, augmented copies included), fed chunk
-    by chunk from the cache; their union is the final bank."""
+    by chunk from the cache, each patch tagged with its reference image; their union is the final bank."""
     coresets = []
     with Progress("coreset", len(fold_of), "images") as progress:
         for fold in range(settings.folds):
@@ -162,7 +167,8 @@ def _fold_coresets(cache: FeatureCache, fold_of: np.ndarray, mask: Mask, setting
             rows = cache.rows(np.flatnonzero(fold_of == fold))
             for start in range(0, len(rows), settings.chunk_images):
                 chunk = rows[start : start + settings.chunk_images]
-                coreset.add(np.concatenate([foreground_patches(cache.crop(row), mask) for row in chunk]))
+                kept = [foreground_patches(cache.crop(row), mask) for row in chunk]
+                coreset.add(np.concatenate(kept), np.repeat([cache.sources[row] for row in chunk], [len(k) for k in kept]))
                 progress.advance(len(chunk))
             coresets.append(coreset)
             progress.note(f"fold {fold + 1}/{settings.folds}: coreset of {len(coreset)} from {coreset.patches_seen} patches")
@@ -186,7 +192,8 @@ def _tuned_settings(cache: FeatureCache, fold_of: np.ndarray, coresets: list[Seq
 
 
 def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[SequentialCoreset], mask: Mask, settings: CalibrationSettings) -> np.ndarray:
-    """Score of each reference (originals only) against the bank of the other folds."""
+    """k-fold: each reference (originals only) against the bank of the other folds' coresets (smaller than the
+    final bank, so its scores run higher than a new part's: the threshold errs high)."""
     scores = np.empty(len(fold_of), dtype=np.float64)
     with Progress("held-out scores", len(fold_of), "images") as progress:
         for fold in range(settings.folds):
@@ -198,6 +205,61 @@ def _held_out_scores(cache: FeatureCache, fold_of: np.ndarray, coresets: list[Se
                 progress.advance()
             progress.note(f"fold {fold + 1}/{settings.folds}: {len(rows)} held-out OK images scored against a bank of {len(bank)}")
     return scores
+
+
+def _own_rows(sources: np.ndarray, references: int) -> list[np.ndarray]:
+    """Bank rows per reference image, from the reference image of each bank row."""
+    order = np.argsort(sources, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(sources, minlength=references))[:-1])
+
+
+def _leave_one_out(cache: FeatureCache, bank: np.ndarray, sources: np.ndarray, mask: Mask, settings: CalibrationSettings,
+                   references: int) -> tuple[PatchScorer, np.ndarray, EfTuning]:
+    """The final bank's scorer (``ef`` tuned on it) and each reference's score against it without the bank patches
+    taken from that reference (or its augmented copies): the bank a new part meets, less one image's share."""
+    scorer = _scorer(bank, settings)
+    own = _own_rows(sources, references)
+    sample = cache.rows(range(min(EF_SAMPLE_IMAGES, references)), originals_only=True)
+    crops = [cache.crop(row) for row in sample]
+    left_out = [own[cache.sources[row]] for row, crop in zip(sample, crops) for _ in range(len(crop.patches))]
+    tuning = tune_ef(scorer, bank, np.concatenate([crop.patches for crop in crops]), left_out=left_out)
+    _say(f"search beam ef={tuning.ef}: leave-one-out image scores within {100 * tuning.max_relative_error:.3f} % of exact search")
+    scores = np.empty(references, dtype=np.float64)
+    with Progress("leave-one-out scores", references, "images") as progress:
+        for row in cache.rows(range(references), originals_only=True):
+            source = cache.sources[row]
+            with hidden(scorer.index, own[source]):
+                scores[source] = score_crop(cache.crop(row), mask, scorer, settings.aggregation).score
+            progress.advance()
+        progress.note(f"{references} OK images scored against the bank of {len(bank)} without their own patches")
+    return scorer, scores, tuning
+
+
+@dataclass
+class ReferenceBank:
+    """The final bank's scorer (``ef`` tuned) and the held-out score of every reference."""
+
+    scorer: PatchScorer
+    size: int
+    patches_seen: int
+    ok_scores: np.ndarray
+    ef_tuning: EfTuning
+
+
+def reference_bank(cache: FeatureCache, mask: Mask, settings: CalibrationSettings) -> ReferenceBank:
+    """Fold coresets of the cached reference crops -> final bank, and held-out scores as ``settings.held_out`` says."""
+    references = cache.original.count(True)
+    fold_of = assign_folds(references, settings.folds, settings.seed)
+    coresets = _fold_coresets(cache, fold_of, mask, settings)
+    bank = np.concatenate([c.features for c in coresets])
+    if settings.held_out == "k-fold":
+        settings, tuning = _tuned_settings(cache, fold_of, coresets, settings)
+        ok_scores = _held_out_scores(cache, fold_of, coresets, mask, settings)
+        scorer = _scorer(bank, settings)
+    else:
+        sources = np.concatenate([c.sources for c in coresets])
+        scorer, ok_scores, tuning = _leave_one_out(cache, bank, sources, mask, settings, references)
+    return ReferenceBank(scorer, len(bank), sum(c.patches_seen for c in coresets), ok_scores, tuning)
 
 
 def _mask(cache: FeatureCache | None, settings: CalibrationSettings) -> Mask:
@@ -263,18 +325,11 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
                     for number, crop in enumerate(crops):
                         cache.append(crop, source, original=number == 0)
             mask = image_mask if image_mask is not None else _mask(cache, settings)
-            fold_of = assign_folds(len(sizes), settings.folds, settings.seed)
-            coresets = _fold_coresets(cache, fold_of, mask, settings)
-            patches_seen = sum(c.patches_seen for c in coresets)
-            settings, ef_tuning = _tuned_settings(cache, fold_of, coresets, settings)
-            ok_scores = _held_out_scores(cache, fold_of, coresets, mask, settings)
+            references = reference_bank(cache, mask, settings)
             ok_embeddings = cache.embeddings
-        bank = np.concatenate([c.features for c in coresets])
-        del coresets
-        scorer = _scorer(bank, settings)
+        scorer, ok_scores, ef_tuning = references.scorer, references.ok_scores, references.ef_tuning
+        settings = dataclasses.replace(settings, index=dataclasses.replace(settings.index, ef=ef_tuning.ef))
         scorer.index.save_index(str(staging / recipe_files.BANK_FILE))
-        bank_size = len(bank)
-        del bank
         mask_entry = _save_mask(mask, staging)
 
         nok_scores: dict[str, np.ndarray] = {}
@@ -316,10 +371,10 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             "bank": {
                 "file": recipe_files.BANK_FILE,
                 "sha256": sha256_file(staging / recipe_files.BANK_FILE),
-                "size": bank_size,
+                "size": references.size,
                 "coreset_ratio": settings.coreset_ratio,
                 "max_size": settings.max_bank,
-                "patches_seen": patches_seen,
+                "patches_seen": references.patches_seen,
                 "index": settings.index.to_json(),
                 "ef_tuning": ef_tuning.to_json(),
             },
@@ -333,6 +388,7 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             "calibration": {
                 "ok_images": len(ok_paths),
                 "folds": settings.folds,
+                "held_out": settings.held_out,
                 "ok_score_range": [float(ok_scores.min()), float(ok_scores.max())],  # the threshold lies within
                 "augment": list(settings.augment),
                 "nok_images": {name: len(paths) for name, paths in nok_groups},
@@ -345,9 +401,10 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
             "okcell calibration report",
             f"recipe {manifest['recipe_id']}  ({manifest['created']})",
             f"model {Path(model_path).name} {sidecar.input_size[1]}x{sidecar.input_size[0]}",
-            f"bank {bank_size} patches from {len(ok_paths)} OK images",
-            f"scoring k={settings.k}, {settings.aggregation}, mask {mask.mode}, sizing {settings.sizing.mode}; "
-            f"{settings.folds}-fold held-out" + (f"; bank + {', '.join(settings.augment)}" if settings.augment else ""),
+            f"bank {references.size} patches from {len(ok_paths)} OK images",
+            f"scoring k={settings.k}, {settings.aggregation}, mask {mask.mode}, sizing {settings.sizing.mode}"
+            + (f"; bank + {', '.join(settings.augment)}" if settings.augment else ""),
+            "held-out OK scores: " + ("leave-one-out" if settings.held_out == "leave-one-out" else f"{settings.folds}-fold"),
         ]
         write_report(staging / recipe_files.REPORT_FILE, ok_scores, nok_scores, risk, header)
         if signing_key is not None:
@@ -357,5 +414,5 @@ def calibrate(extractor: FeatureExtractor, model_path: Path, settings: Calibrati
         if staging.exists():
             shutil.rmtree(staging)
     signed_by = None if signing_key is None else key_id(signing_key.public_key())
-    return CalibrationSummary(out, manifest, risk, bank_size, peak_rss_mb(), agreement, signed_by)
+    return CalibrationSummary(out, manifest, risk, references.size, peak_rss_mb(), agreement, signed_by)
 

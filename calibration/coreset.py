@@ -99,7 +99,8 @@ def greedy_kcenter(points: np.ndarray, count: int, seeds: np.ndarray | None = No
 
 
 class SequentialCoreset:
-    """Running greedy k-center coreset: ``add`` chunks of (n, C) patch features, read ``features``.
+    """Running greedy k-center coreset: ``add`` chunks of (n, C) patch features, read ``features`` and ``sources``
+    (the reference image each kept patch came from, so a reference can be scored without its own patches).
 
     Its size follows ``ceil(ratio * patches seen)``, capped at ``max_size``. Below the cap the coreset keeps its
     centers and takes the chunk's patches that lie farthest from them; at the cap the coreset and the chunk
@@ -115,14 +116,17 @@ class SequentialCoreset:
         self.projection = RandomProjection(feature_dim, projection_dim, seed)
         self.features = np.zeros((0, feature_dim), dtype=np.float32)
         self.projected = np.zeros((0, self.projection.output_dim), dtype=np.float32)
+        self.sources = np.zeros(0, dtype=np.int64)
         self.patches_seen = 0
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
-    def add(self, patches: np.ndarray) -> None:
-        """Merge (n, C) patch features into the coreset."""
+    def add(self, patches: np.ndarray, sources: np.ndarray | int = 0) -> None:
+        """Merge (n, C) patch features into the coreset; ``sources``: the source image number of each patch (n,)
+        or of all of them."""
         patches = np.asarray(patches, dtype=np.float32).reshape(-1, self.features.shape[1])
+        sources = np.broadcast_to(np.asarray(sources, dtype=np.int64), (len(patches),))
         if not len(patches):
             return
         self.patches_seen += len(patches)
@@ -132,9 +136,11 @@ class SequentialCoreset:
             new = greedy_kcenter(projected, target - len(self), seeds=self.projected if len(self) else None)
             self.features = np.concatenate([self.features, patches[new]])
             self.projected = np.concatenate([self.projected, projected[new]])
+            self.sources = np.concatenate([self.sources, sources[new]])
         else:
             pool_features = np.concatenate([self.features, patches])
             pool_projected = np.concatenate([self.projected, projected])
             keep = greedy_kcenter(pool_projected, target)
             self.features = pool_features[keep]
             self.projected = pool_projected[keep]
+            self.sources = np.concatenate([self.sources, sources])[keep]

@@ -90,10 +90,12 @@ def markdown(result: dict[str, Any]) -> str:
     rows = [
         ("image AUROC", num(result["image"]["auroc"])),
         ("false-reject rate at the recipe threshold (test OK)", rate(at_recipe["frr"])),
-        ("false-reject rate stated at calibration (held-out folds)",
+        ("false-reject rate stated at calibration (held-out OK scores)",
          f"{rate(calibration_frr)}: the bound {holds} on the test OK"),
         ("escape rate at the recipe threshold (test NOK)", rate(at_recipe.get("escape"))),
     ]
+    if at_recipe.get("expected_frr") is not None:
+        rows.insert(2, ("false-reject rate the recipe expects on new parts", pct(at_recipe["expected_frr"], 2)))
     for risk in at_test:
         rows.append((f"recall at {pct(risk['target_frr'], 2 if risk['target_frr'] < 0.01 else 1)} false rejects "
                      f"(threshold {risk['threshold']:.4f} from test OK)", rate(recall_all(risk), "lower95")))
@@ -179,10 +181,11 @@ def compare(results: list[dict[str, Any]]) -> str:
         rows.append([name] + [cell(r) for r in results])
 
     row("data", lambda r: Path(r["data"]["root"]).name)
-    row("model", lambda r: f"{r['model']['input_size'][0]} px, block {','.join(map(str, r['model']['layers']))}")
+    row("model", lambda r: "{}x{} px, block {}".format(*r["model"]["input_size"], ",".join(map(str, r["model"]["layers"]))))
     row("backend", lambda r: r["model"]["backend"])
     row("image AUROC", lambda r: num(r["image"]["auroc"]))
     row("FRR at recipe threshold", lambda r: rate(r["at_recipe_threshold"]["frr"]))
+    row("FRR expected by the recipe", lambda r: pct(r["at_recipe_threshold"].get("expected_frr"), 2))
     row("stated FRR bound holds", lambda r: "yes" if r["at_recipe_threshold"]["frr_bound_holds"] else "NO")
     row("escape rate at recipe threshold", lambda r: rate(r["at_recipe_threshold"].get("escape")))
     for index, target in enumerate(_targets(results)):

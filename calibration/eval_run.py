@@ -41,7 +41,7 @@ from calibration.eval_figures import Tile, roc_figure, score_figure, worst_sheet
 from calibration.eval_inspect import FrameInspector, inspect_path, read_or_error, say
 from calibration.evaluation import Tally, auroc
 from calibration.pixel_metrics import AUPRO_FPR_LIMIT, aupro, pixel_auroc
-from calibration.thresholds import Risk, assess, chance_of_at_least, risk_at
+from calibration.thresholds import Risk, chance_of_at_least, measured_threshold, risk_at
 
 RESULT_FILE = "evaluation.json"
 RECIPE_DIR = "recipe"
@@ -107,7 +107,7 @@ def evaluate(extractor: FeatureExtractor, model_path: Path, settings: Calibratio
     nok = {name: np.asarray(scores) for name, scores in tally.nok_by_defect.items()}
     if not len(ok):
         raise ConfigError(f"--data {data.root}: no test OK image could be inspected (see the errors above)")
-    at_test = [assess(ok, nok, target) for target in TEST_FRR_TARGETS]
+    at_test = [risk_at(measured_threshold(ok, target), ok, nok, target) for target in TEST_FRR_TARGETS]
 
     result: dict[str, Any] = {
         "status": "complete",
@@ -209,6 +209,7 @@ def _at_recipe(calibration_risk: dict[str, Any], threshold: float, ok: np.ndarra
     risk = risk_at(threshold, ok, nok, float(calibration_risk["target_frr"])).to_json()
     stated = float(calibration_risk["frr"]["upper95"])
     risk["calibration_frr"] = calibration_risk["frr"]
+    risk["expected_frr"] = calibration_risk.get("expected_frr")  # on new parts, as the recipe states it
     risk["frr_bound_holds"] = risk["frr"]["rate"] <= stated
     # how likely this many test false rejects would be if the true rate were the stated bound
     risk["frr_chance_at_bound"] = chance_of_at_least(risk["frr"]["events"], risk["frr"]["total"], stated)

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from calibration.thresholds import Risk
+from calibration.thresholds import Risk, references_needed
 
 _WIDTH, _HEIGHT = 1200, 720
 _PLOT = (80, 60, 760, 620)  # left, top, right, bottom of the plot area
@@ -29,11 +29,13 @@ def _pct(value: float) -> str:
 def risk_lines(risk: Risk) -> list[str]:
     """The risk figures as printed by ``okcell calibrate`` and written on the report."""
     frr = risk.false_rejects
-    lines = [
-        f"threshold {risk.threshold:.4f} (NOK if score > threshold)",
-        f"target FRR {_pct(risk.target_frr)}",
-        f"FRR (held-out OK) {_pct(frr.rate)} = {frr.events}/{frr.total}, 95 % upper bound {_pct(frr.upper95)}",
-    ]
+    lines = [f"threshold {risk.threshold:.4f} (NOK if score > threshold)", f"target FRR {_pct(risk.target_frr)}"]
+    if risk.expected_frr is not None:
+        lines.append(f"expected FRR on new parts {_pct(risk.expected_frr)}")
+        if risk.expected_frr > risk.target_frr:
+            needed = f"at least {references_needed(risk.target_frr)} OK references" if risk.target_frr > 0 else "a target above 0"
+            lines.append(f"  too few OK references to reach the target: use {needed}")
+    lines.append(f"FRR (held-out OK) {_pct(frr.rate)} = {frr.events}/{frr.total}, 95 % upper bound {_pct(frr.upper95)}")
     if risk.escapes is not None:
         esc = risk.escapes
         lines.append(f"escape rate (NOK) {_pct(esc.rate)} = {esc.events}/{esc.total}, 95 % upper bound {_pct(esc.upper95)}")

@@ -1,21 +1,28 @@
 """Decision threshold from held-out OK scores, and the stated risk with exact binomial (Clopper–Pearson) bounds.
 
-Why held-out scores: an OK image that is in the bank scores near zero against itself, so thresholds taken
-from in-bank scores would reject far more good parts in production than promised. The OK set is split into
-k folds; each fold is scored against a bank built only from the other folds. The final bank is the union of
-all folds' coresets, a superset of every fold bank, so a new good part meets at least as dense a bank as a
-held-out one did: the FRR measured on held-out folds is a conservative (pessimistic) estimate for the final
-recipe. The threshold is the empirical (1 - target) quantile of these scores: at most ``floor(target * n)``
-held-out OK images score above it.
+Why held-out scores: an OK image that is in the bank scores near zero against itself, so thresholds taken from
+in-bank scores would reject far more good parts in production than promised. Each OK reference is scored against
+the bank without its own patches (leave-one-out, the default: the final bank less one image's share, so its score
+is distributed like a new good part's), or against a bank of the other folds (k-fold: a smaller, sparser bank, so
+held-out scores run higher than a new part's and the threshold errs high — fewer false rejects than the target,
+more escapes).
+
+The threshold is the (1 - target) quantile of the n held-out scores placed at rank (n + 1)(1 - target) between
+neighbouring scores (Hyndman–Fan type 6): a new part whose score is exchangeable with the held-out ones then
+exceeds it with probability about the target. With fewer than 1/target - 1 references no rank is high enough; the
+threshold is the highest held-out score and the expected false-reject rate 1/(n + 1), above the target.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from okcell.scoring import expected_frr
 
 DEFAULT_CONFIDENCE = 0.95
 
@@ -95,14 +102,28 @@ class RateEstimate:
 
 
 def choose_threshold(ok_scores: np.ndarray, target_frr: float) -> float:
-    """Smallest held-out OK score with at most ``floor(target_frr * n)`` scores strictly above it."""
+    """The (1 - ``target_frr``) quantile of the held-out OK scores at rank (n + 1)(1 - target), interpolated
+    between neighbours and at most the highest score (see the module doc)."""
     if not 0.0 <= target_frr < 1.0:
         raise ValueError(f"target FRR must be in [0, 1), found {target_frr}")
+    scores = np.asarray(ok_scores, dtype=np.float64)
+    if not len(scores):
+        raise ValueError("no held-out OK scores to set a threshold from")
+    return float(np.quantile(scores, 1.0 - target_frr, method="weibull"))
+
+
+def measured_threshold(ok_scores: np.ndarray, max_frr: float) -> float:
+    """The lowest OK score with at most ``floor(max_frr * n)`` OK scores above it: the operating point where the
+    measured false-reject rate on these very images is at most ``max_frr`` (for test sets, not for calibration)."""
     ordered = np.sort(np.asarray(ok_scores, dtype=np.float64))
     if not len(ordered):
-        raise ValueError("no held-out OK scores to set a threshold from")
-    allowed = math.floor(target_frr * len(ordered))
-    return float(ordered[len(ordered) - 1 - allowed])
+        raise ValueError("no OK scores to set a threshold from")
+    return float(ordered[len(ordered) - 1 - math.floor(max_frr * len(ordered))])
+
+
+def references_needed(target_frr: float) -> int:
+    """Fewest OK references whose expected false-reject rate is the target (none for a target of 0)."""
+    return math.ceil(1.0 / target_frr) - 1 if target_frr > 0 else 0
 
 
 def assign_folds(count: int, folds: int, seed: int = 0) -> np.ndarray:
@@ -126,11 +147,13 @@ class Risk:
     false_rejects: RateEstimate  # held-out OK images scored above the threshold
     escapes: RateEstimate | None  # NOK images scored at or below the threshold (all folders together)
     detected_per_defect: dict[str, RateEstimate]  # per NOK folder: images scored above the threshold
+    expected_frr: float | None = None  # on new good parts, in expectation, for a threshold set from these OK scores
 
     def to_json(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,
             "target_frr": self.target_frr,
+            "expected_frr": self.expected_frr,
             "confidence": DEFAULT_CONFIDENCE,
             "frr": self.false_rejects.to_json(),
             "escape": None if self.escapes is None else self.escapes.to_json(),
@@ -142,8 +165,10 @@ class Risk:
 
 
 def assess(ok_scores: np.ndarray, nok_scores: dict[str, np.ndarray], target_frr: float) -> Risk:
-    """Threshold for ``target_frr`` from held-out OK scores, and the rates it gives on OK and each NOK folder."""
-    return risk_at(choose_threshold(ok_scores, target_frr), ok_scores, nok_scores, target_frr)
+    """Threshold for ``target_frr`` from held-out OK scores, the rates it gives on OK and each NOK folder, and the
+    false-reject rate new parts meet in expectation."""
+    risk = risk_at(choose_threshold(ok_scores, target_frr), ok_scores, nok_scores, target_frr)
+    return dataclasses.replace(risk, expected_frr=expected_frr(len(ok_scores), target_frr))
 
 
 def risk_at(threshold: float, ok_scores: np.ndarray, nok_scores: dict[str, np.ndarray], target_frr: float) -> Risk:

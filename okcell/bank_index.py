@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hnswlib
 import numpy as np
@@ -71,3 +72,18 @@ def load_index(path: Path, dim: int, count: int, params: IndexParams) -> hnswlib
         raise ConfigError(f"{path}: index holds {index.element_count} vectors, manifest says {count}")
     index.set_ef(params.ef)
     return index
+
+
+@contextmanager
+def hidden(index: hnswlib.Index, labels: np.ndarray) -> Iterator[hnswlib.Index]:
+    """``index`` with the vectors ``labels`` left out of search results (marked deleted) until the block ends;
+    the graph stays as built, so searches still pass through them."""
+    marked: list[int] = []
+    try:
+        for label in np.asarray(labels, dtype=np.int64).tolist():
+            index.mark_deleted(label)
+            marked.append(label)
+        yield index
+    finally:
+        for label in marked:
+            index.unmark_deleted(label)

@@ -24,3 +24,8 @@ CELL_STATES: tuple[CellState, ...] = get_args(CellState)
 InspectionTiming = Literal["preprocess", "backbone", "search", "heatmap", "total"]
 """The parts of one inspection that ``InspectionResult.timings_ms`` reports."""
 INSPECTION_TIMINGS: tuple[InspectionTiming, ...] = get_args(InspectionTiming)
+
+HeldOut = Literal["leave-one-out", "k-fold"]
+"""How calibration scores each OK reference without itself, for the threshold: against the final bank less the
+reference's own patches, or against the bank of the other folds."""
+HELD_OUT: tuple[HeldOut, ...] = get_args(HeldOut)

@@ -1,9 +1,10 @@
 """A recipe directory: reference bank (hnswlib), labelled embeddings, report and a manifest binding them to one model.
 
 ``manifest.json`` holds the okcell version, the model's ONNX sha256 and input, ROI, channels and sizing rule,
-scoring (k, aggregation, background mask) and index parameters, file hashes, the threshold, the held-out OK score
-range and the stated risk. ``recipe_id`` is a short hash of the manifest content (without the creation date), so any
-edit to the manifest, the bank or the labelled embeddings is detected on load — unless the editor recomputes the id.
+scoring (k, aggregation, background mask) and index parameters, file hashes, how the OK references were held out, the
+threshold, the held-out OK score range and the stated risk. ``recipe_id`` is a short hash of the manifest content
+(without the creation date), so any edit to the manifest, the bank or the labelled embeddings is detected on load —
+unless the editor recomputes the id.
 Against that, every loaded value is checked against what a calibration can write (the threshold lies within the
 held-out OK scores, the ROI inside the images, k within the bank, ...), and a recipe can be signed
 (``manifest.json.sig``, :mod:`okcell.signing`): loaded with a public key, an unsigned or wrongly signed recipe is
@@ -30,9 +31,10 @@ from okcell.frames import CropFeatures, CropScore, score_crop
 from okcell.images import ImageError, read_image
 from okcell.labelled import LabelledEmbeddings
 from okcell.masking import ImageMask, Mask, NoMask, PcaMask
+from okcell.names import HELD_OUT
 from okcell.roi import Roi
 from okcell.schema import ConfigError, parse_json, read_bytes, require_keys, sha256_file, typed
-from okcell.scoring import DECISION_RULE, SCORE_RANGE, PatchScorer, check_aggregation
+from okcell.scoring import DECISION_RULE, SCORE_RANGE, PatchScorer, check_aggregation, expected_frr
 from okcell.sidecar import ModelSidecar
 from okcell.signing import load_public_key, verify_file
 from okcell.sizing import Sizing
@@ -55,11 +57,13 @@ _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "risk": {"threshold": float, "target_frr": float, "confidence": float, "frr": dict, "escape": (dict, type(None)), "recall": dict},
     "calibration": {"ok_images": int, "folds": int, "ok_score_range": list, "backend": str, "nok_images": dict, "synthetic_images": dict, "peak_rss_mb": float},
 }
-# added after format 1 was released: recipes written before them load with the old behaviour (stretch, no mask)
+# added after format 1 was released: recipes written before them load with the old behaviour (stretch, no mask,
+# a k-fold threshold with no expected FRR stated)
 _OPTIONAL: dict[str, dict[str, type | tuple[type, ...]]] = {
     "input": {"sizing": dict, "crop_sizes": list},
     "scoring": {"mask": dict},
-    "calibration": {"augment": list},
+    "risk": {"expected_frr": float},
+    "calibration": {"augment": list, "held_out": str},
 }
 _LABELLED_KEYS: dict[str, type | tuple[type, ...]] = {"file": str, "sha256": str, "k": int, "counts": dict}
 _MASK_KEYS: dict[str, type | tuple[type, ...]] = {"mode": str, "file": str, "sha256": str}
@@ -161,6 +165,8 @@ def _check_values(sections: dict[str, dict[str, Any]], roi: Roi | None, sidecar:
     _within(source, "model.embedding_dim", model["embedding_dim"], sidecar.embedding_dim, sidecar.embedding_dim, "the model's")
     ok_images = calibration["ok_images"]
     _within(source, "calibration.folds", calibration["folds"], 2, ok_images, "calibration.ok_images")
+    held_out = calibration.get("held_out", "k-fold")
+    _allowed(source, "calibration.held_out", held_out, held_out in HELD_OUT, " or ".join(map(repr, HELD_OUT)))
     scores = calibration["ok_score_range"]
     _allowed(source, "calibration.ok_score_range", scores,
              len(scores) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores)
@@ -168,6 +174,10 @@ def _check_values(sections: dict[str, dict[str, Any]], roi: Roi | None, sidecar:
              f"[low, high] with {SCORE_RANGE[0]:g} <= low <= high <= {SCORE_RANGE[1]:g}")
     _within(source, "risk.threshold", risk["threshold"], scores[0], scores[1], "held-out OK scores at calibration")
     _allowed(source, "risk.target_frr", risk["target_frr"], 0 <= risk["target_frr"] < 1, "[0, 1)")
+    if "expected_frr" in risk:
+        expected = expected_frr(ok_images, risk["target_frr"])
+        _within(source, "risk.expected_frr", risk["expected_frr"], expected, expected,
+                "the target, or 1/(calibration.ok_images + 1) if that is higher")
     _allowed(source, "risk.confidence", risk["confidence"], 0 < risk["confidence"] < 1, "(0, 1)")
     size = inputs["image_size"]
     _allowed(source, "input.image_size", size, len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size),

@@ -52,6 +52,13 @@ def decide(score: float, threshold: float) -> Literal["OK", "NOK"]:
     return "NOK" if score > threshold else "OK"
 
 
+def expected_frr(references: int, target_frr: float) -> float:
+    """False-reject rate a new good part meets, in expectation, at a threshold set for ``target_frr`` from the
+    held-out scores of ``references`` OK images (calibration.thresholds): the target, or 1/(n + 1) when there
+    are too few references to place the threshold below the highest score."""
+    return max(target_frr, 1.0 / (references + 1))
+
+
 class _Scorer:
     """Shared aggregation; subclasses return (M, k) cosine similarities for (M, C) patches."""
 

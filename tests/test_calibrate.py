@@ -39,7 +39,8 @@ def _tree(directory: Path) -> dict[str, bytes]:
 def test_mono_images_with_roi(exported_model: Path, mono_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "recipe"
     rc = _calibrate(exported_model, mono_set / "ok", out, "--nok", str(mono_set / "nok" / "scratch"), str(mono_set / "nok" / "hole"),
-                    "--roi", "16,16,208,208", "--k", "2", "--aggregation", "max", "--coreset-ratio", "0.2", "--target-frr", "0.1")
+                    "--roi", "16,16,208,208", "--k", "2", "--aggregation", "max", "--coreset-ratio", "0.2", "--target-frr", "0.1",
+                    "--held-out", "k-fold")
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     for expected in ("threshold", "FRR (held-out OK)", "escape rate (NOK)", "recall scratch", "recall hole", "bank 615 patches", "peak RSS"):
@@ -52,6 +53,7 @@ def test_mono_images_with_roi(exported_model: Path, mono_set: Path, tmp_path: Pa
     assert manifest["bank"]["size"] == 3 * 205  # 3 folds of 4 images: ceil(0.2 * 4 * 256) patches each
     assert manifest["risk"]["frr"]["total"] == 12 and manifest["risk"]["escape"]["total"] == 4
     assert manifest["risk"]["target_frr"] == 0.1 and manifest["risk"]["frr"]["events"] <= 1
+    assert manifest["calibration"]["held_out"] == "k-fold" and manifest["risk"]["expected_frr"] == 0.1
     recipe = Recipe.load(out, load_verified(exported_model))
     frame = read_image(list_images(mono_set / "ok")[0])
     assert recipe.crop(frame).shape == (208, 208)

@@ -81,3 +81,15 @@ def test_rejects_bad_settings() -> None:
         SequentialCoreset(16, ratio=0.0, max_size=10)
     with pytest.raises(ValueError, match="max size"):
         SequentialCoreset(16, ratio=0.1, max_size=0)
+
+
+def test_kept_patches_name_their_source_image(patches: np.ndarray) -> None:
+    images = patches[:6000].reshape(60, 100, -1)  # 60 "images" of 100 patches
+    for cap in (10**6, 200):  # growing, and re-selected from the pool at the cap
+        coreset = SequentialCoreset(images.shape[2], ratio=0.05, max_size=cap)
+        for start in range(0, 60, 8):
+            chunk = np.arange(start, min(start + 8, 60))
+            coreset.add(images[chunk].reshape(-1, images.shape[2]), np.repeat(chunk, 100))
+        assert len(coreset.sources) == len(coreset) and len(set(coreset.sources.tolist())) > 20
+        for center, source in zip(coreset.features, coreset.sources):
+            assert (images[source] == center).all(axis=1).any()

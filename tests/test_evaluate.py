@@ -14,7 +14,7 @@ from calibration.eval_data import EvalSet
 from calibration.evaluation import auroc
 from calibration.perturbations import PERTURBATIONS, SHIFT_PX
 from calibration.pixel_metrics import aupro, area_under, pixel_auroc, pro_curve, roc_curve
-from calibration.thresholds import assess
+from calibration.thresholds import measured_threshold, risk_at
 from edge.cli.main import main
 
 
@@ -31,11 +31,11 @@ def test_auroc_counts_ties_half_and_the_roc_area_agrees():
 def test_recall_at_a_target_false_reject_rate_uses_a_threshold_from_the_ok_scores():
     ok = np.arange(100) / 100.0  # 0.00 ... 0.99
     nok = {"scratch": np.array([0.5, 0.985, 0.99, 1.2])}
-    one_percent = assess(ok, nok, 0.01)  # one OK score (0.99) may lie above: threshold 0.98
+    one_percent = risk_at(measured_threshold(ok, 0.01), ok, nok, 0.01)  # one OK score (0.99) may lie above: threshold 0.98
     assert one_percent.threshold == pytest.approx(0.98)
     assert (one_percent.false_rejects.events, one_percent.false_rejects.total) == (1, 100)
     assert one_percent.detected_per_defect["scratch"].events == 3
-    tenth = assess(ok, nok, 0.001)  # floor(0.1) = 0 above: the highest OK score; a tie with it is not caught
+    tenth = risk_at(measured_threshold(ok, 0.001), ok, nok, 0.001)  # floor(0.1) = 0 above: the highest OK score; a tie with it is not caught
     assert tenth.threshold == pytest.approx(0.99)
     assert tenth.false_rejects.events == 0
     assert tenth.detected_per_defect["scratch"].events == 1
@@ -142,6 +142,7 @@ def test_evaluate_writes_the_report_with_every_measure(evaluation, small_set):
     assert at_recipe["frr"]["total"] == 6 and at_recipe["escape"]["total"] == 4
     assert at_recipe["frr"]["upper95"] >= at_recipe["frr"]["rate"]
     assert isinstance(at_recipe["frr_bound_holds"], bool) and 0.0 <= at_recipe["frr_chance_at_bound"] <= 1.0
+    assert at_recipe["expected_frr"] == pytest.approx(1 / 11)  # 10 references are too few for 1 %: 1/(n + 1)
     assert [risk["target_frr"] for risk in result["at_test_frr"]] == [0.01, 0.001]
     assert 0.0 <= result["pixel"]["auroc"] <= 1.0 and 0.0 <= result["pixel"]["aupro"] <= 1.0
     assert result["pixel"]["images"] == 10  # 6 good + 4 masked defective
@@ -162,6 +163,7 @@ def test_evaluate_writes_the_report_with_every_measure(evaluation, small_set):
     for heading in ("## Summary", "## Per defect type", "## Robustness", "## Synthetic defects", "## Recipe settings",
                     "## Errors (1)", "from test OK"):
         assert heading in report
+    assert "| false-reject rate the recipe expects on new parts | 9.09 % |" in report
     assert "broken.png" in report and "![worst](worst.png)" in report
 
 
@@ -169,7 +171,7 @@ def test_compare_prints_runs_side_by_side(evaluation, tmp_path, capsys):
     _, out = evaluation
     other = tmp_path / "other.json"
     result = json.loads((out / "evaluation.json").read_text())
-    other.write_text(json.dumps({**result, "label": "other"}))
+    other.write_text(json.dumps({**result, "label": "other", "model": {**result["model"], "input_size": [560, 224]}}))
     capsys.readouterr()
     assert main(["evaluate", "--compare", str(out / "evaluation.json"), str(other)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -177,6 +179,9 @@ def test_compare_prints_runs_side_by_side(evaluation, tmp_path, capsys):
     auroc_row = next(line for line in lines if line.startswith("| image AUROC |"))
     assert auroc_row.count(f"{result['image']['auroc']:.3f}") == 2
     assert any(line.startswith("|   scratch |") for line in lines)
+    assert "| FRR expected by the recipe | 9.09 % | 9.09 % |" in lines
+    height, width = result["model"]["input_size"]
+    assert next(line for line in lines if line.startswith("| model |")).startswith(f"| model | {height}x{width} px, block 9 | 560x224 px, block 9 |")
 
 
 def test_compare_refuses_an_unfinished_run(tmp_path, capsys):

@@ -37,6 +37,8 @@ def test_load_exposes_what_the_runtime_needs(demo_recipe: Path, demo_images: Pat
     assert manifest["model"]["sha256"] == sidecar.sha256
     assert manifest["bank"]["index"] == {"library": "hnswlib", "space": "ip", "M": 16, "ef_construction": 200, "ef": 64}
     assert manifest["calibration"]["ok_images"] == 30 and manifest["calibration"]["peak_rss_mb"] > 0
+    assert manifest["calibration"]["held_out"] == "leave-one-out"
+    assert manifest["risk"]["expected_frr"] == 1 / 31  # 30 references are too few for the 1 % target
     low, high = manifest["calibration"]["ok_score_range"]  # held-out OK scores; the threshold is one of them
     assert 0 <= low < recipe.threshold <= high <= 2
     assert set(manifest["risk"]["recall"]) == {"scratch", "stain", "hole", "contamination"}
@@ -114,6 +116,10 @@ def test_forged_manifest_fields_are_checked(recipe_copy: Path, sidecar: ModelSid
     (lambda m: m["labelled"].update(k=0), r"field 'labelled.k' is 0; allowed \[3, 3\] \(as in labelled.npz\)"),
     (lambda m: m["labelled"]["counts"].update(OK=3), r"field 'labelled.counts' is \{'OK': 3, .*; allowed as in labelled.npz: \{'OK': 30, "),
     (lambda m: m["calibration"].update(folds=1), r"field 'calibration.folds' is 1; allowed \[2, 30\] \(calibration.ok_images\)"),
+    (lambda m: m["calibration"].update(held_out="in-bank"),
+     r"field 'calibration.held_out' is 'in-bank'; allowed 'leave-one-out' or 'k-fold'"),
+    (lambda m: m["risk"].update(expected_frr=0.001),
+     r"field 'risk.expected_frr' is 0.001; allowed \[0.0322\d+, 0.0322\d+\] \(the target, or 1/\(calibration.ok_images \+ 1\)"),
 ])
 def test_forged_values_out_of_range_are_refused(recipe_copy: Path, sidecar: ModelSidecar, edit, message: str) -> None:
     """A forger who recomputes the recipe id still cannot load values the calibration could not have written."""
@@ -186,3 +192,9 @@ def test_roi_parsing_and_crop() -> None:
         Roi.from_json({"x": 1}, "manifest")
     with pytest.raises(ConfigError, match="manifest: ROI field 'width' must be an integer"):
         Roi.from_json([0, 0, 1.5, 2], "manifest")
+
+
+def test_recipe_from_before_leave_one_out_still_loads(recipe_copy: Path, sidecar: ModelSidecar) -> None:
+    """Recipes written before the held-out method and the expected FRR were recorded (k-fold thresholds) load."""
+    _edit_manifest(recipe_copy, lambda m: (m["calibration"].pop("held_out"), m["risk"].pop("expected_frr")), keep_id=False)
+    assert Recipe.load(recipe_copy, sidecar).threshold > 0

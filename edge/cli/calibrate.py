@@ -11,7 +11,7 @@ from calibration.build import DEFAULT_MAX_BANK, CalibrationSettings, Calibration
 from calibration.report import risk_lines
 from okcell.recipe import MANIFEST_FILE
 from okcell.roi import Roi
-from okcell.names import BACKENDS
+from okcell.names import BACKENDS, HELD_OUT
 from okcell.signing import signature_path
 from okcell.sizing import DEFAULT_TILE_OVERLAP, SIZING_MODES, Sizing
 
@@ -34,7 +34,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser, model_required: bool
     parser.add_argument("--model", type=Path, required=model_required, help="exported ONNX model (its .json sidecar beside it)")
     parser.add_argument("--roi", default=None, metavar="X,Y,W,H", help="inspected region in image pixels")
     parser.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate of OK parts (default 0.01)")
-    parser.add_argument("--folds", type=int, default=5, help="folds for held-out OK scores (default 5)")
+    parser.add_argument("--folds", type=int, default=5,
+                        help="the bank is the union of one coreset per fold of the OK images (default 5)")
+    parser.add_argument("--held-out", choices=HELD_OUT, default="leave-one-out",
+                        help="OK scores the threshold is set from: each image against the final bank without its own "
+                             "patches (leave-one-out, default), or against the other folds' smaller bank (k-fold: "
+                             "scores run high, so fewer good parts are rejected than the target and more defects pass)")
     parser.add_argument("--k", type=int, default=1, help="nearest bank patches averaged per patch score (default 1)")
     parser.add_argument("--aggregation", default="top1pct", metavar="top1pct|max|topN",
                         help="image score: mean of the top 1 %% patch scores, the max, or the mean of the N highest "
@@ -93,6 +98,7 @@ def settings_from_args(args: argparse.Namespace, ok_dir: Path, nok_dirs: tuple[P
         roi=None if args.roi is None else Roi.parse(args.roi),
         target_frr=args.target_frr,
         folds=args.folds,
+        held_out=args.held_out,
         k=args.k,
         aggregation=args.aggregation,
         sizing=Sizing(args.sizing, args.tile_scale, args.tile_overlap),
