@@ -83,11 +83,11 @@ def test_multi_layer_concat_and_mean(embedded: LoadedBackbone, exported_model: P
     mean = export_model(embedded, ExportOptions(size=(224, 224), layers=(9, 12), fusion="mean"), tmp_path / "m.onnx")
     assert (concat.feature_dim, mean.feature_dim, concat.layers) == (768, 384, (9, 12))
     frames = [data.astronaut(), data.gravel()]
-    last = OnnxRuntimeExtractor(exported_model).extract(frames).patches
+    block9 = OnnxRuntimeExtractor(exported_model).extract(frames).patches  # the export default: block 9 alone
     both = OnnxRuntimeExtractor(tmp_path / "c.onnx").extract(frames).patches
     averaged = OnnxRuntimeExtractor(tmp_path / "m.onnx").extract(frames).patches
-    # concat = [n9, n12] / sqrt(2) with per-layer unit vectors: its second half is the last-layer-only output
-    np.testing.assert_allclose(both[..., 384:] * math.sqrt(2), last, atol=1e-4)
+    # concat = [n9, n12] / sqrt(2) with per-layer unit vectors: its first half is the block-9-only output
+    np.testing.assert_allclose(both[..., :384] * math.sqrt(2), block9, atol=1e-4)
     summed = both[..., :384] + both[..., 384:]
     np.testing.assert_allclose(averaged, summed / np.linalg.norm(summed, axis=-1, keepdims=True), atol=1e-4)
     assert float(np.abs(both[..., :384] - both[..., 384:]).max()) > 0.05  # block 9 really differs from block 12

@@ -284,3 +284,34 @@ def test_a_session_whose_client_vanished_is_closed_after_the_session_timeout(tmp
             assert client_subscriptions(server) == 0, "the vanished client's session still holds its subscription"
 
         asyncio.run(scenario())
+
+
+def test_a_session_whose_connection_was_lost_is_closed_after_the_grace_not_the_timeout(tmp_path: Path) -> None:
+    """Was: a session whose connection broke kept its subscription for the whole session timeout (60 s), queueing
+    every result event for a client that was gone; the fault suite's cell kept about 0.5 MiB per lost connection
+    (+6.3 % RSS over 2,160 results with a drop every 50 triggers, +2.0 % with a 5 s timeout, +1.0 % without drops).
+    A connected client keeps the long timeout; a lost connection's session gets opcua.lost_connection_grace_s to
+    be reactivated on a new connection."""
+    config = make_config(tmp_path, free_port(), session_timeout_s=60, lost_connection_grace_s=1)
+    with serving(scripted_inspection, config) as (cell, server):
+
+        async def scenario() -> None:
+            client = await connect(server.endpoint_url)
+            assert client.session_timeout == 60000
+            _, idx = await cell_node(client)
+            await subscribe_results(client, idx, EventCollector())
+            assert client_subscriptions(server) == 1
+            client.uaclient.request_disconnect()
+            client.disconnect_socket()
+            for _ in range(200):  # 20 s: well past the grace, well before the session timeout
+                if client_subscriptions(server) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert client_subscriptions(server) == 0, "the lost connection's session still holds its subscription"
+
+        asyncio.run(scenario())
+
+
+def test_lost_connection_grace_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="lost_connection_grace_s"):
+        make_config(tmp_path, free_port(), lost_connection_grace_s=0)

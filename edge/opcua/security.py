@@ -198,7 +198,9 @@ async def apply_security(server: Server, config: OpcUaConfig, app_uri: str) -> N
             "encrypted and passwords travel in clear text; use it only on an isolated network"
         )
     server.set_security_policy([_POLICY_TYPES[name] for name in config.security], permission_ruleset=CellPermissions())
-    endpoint_guard.install()  # sessions only on the policies and modes set here; a None channel is for discovery
+    # sessions only on the policies and modes set here (a None channel is for discovery); lost connections' sessions
+    # closed after the grace
+    endpoint_guard.install(config.lost_connection_grace_s)
     tokens: list[type] = [ua.UserNameIdentityToken]
     if config.anonymous:
         tokens.append(ua.AnonymousIdentityToken)

@@ -75,7 +75,8 @@ class OpcUaConfig:
     pki_dir: Path = Path("opcua/pki")  # server cert/key, trusted/ and rejected/ client certificates
     result_timeout_s: float = 30.0  # handshake: longest wait from trigger to result
     plc_client: PlcClientConfig | None = None
-    session_timeout_s: float = 60.0  # longest session timeout granted: a vanished client's session is closed after it
+    session_timeout_s: float = 60.0  # longest session timeout granted: an idle client's session is closed after it
+    lost_connection_grace_s: float = 5.0  # a session whose connection broke is closed after this, unless reactivated
     trusted_dir: Path = field(init=False)
     rejected_dir: Path = field(init=False)
 
@@ -97,7 +98,7 @@ def parse_opcua_config(section: Mapping[str, Any] | None, source: Path | str, st
         section,
         set(),
         {"enabled", "endpoint", "namespace", "security", "users", "anonymous", "pki_dir", "result_timeout_s", "plc_client",
-         "session_timeout_s"},
+         "session_timeout_s", "lost_connection_grace_s"},
         where,
     )
     enabled = typed(section, "enabled", bool, where) if "enabled" in section else True
@@ -115,7 +116,9 @@ def parse_opcua_config(section: Mapping[str, Any] | None, source: Path | str, st
     timeout = _positive(section, "result_timeout_s", where, 30.0)
     plc = _plc_client(section["plc_client"], f"{where}.plc_client") if section.get("plc_client") is not None else None
     session_timeout = _positive(section, "session_timeout_s", where, 60.0)
-    return OpcUaConfig(enabled, endpoint, namespace, security, users, anonymous, pki_dir, timeout, plc, session_timeout)
+    grace = _positive(section, "lost_connection_grace_s", where, 5.0)
+    return OpcUaConfig(enabled, endpoint, namespace, security, users, anonymous, pki_dir, timeout, plc, session_timeout,
+                       grace)
 
 
 def _endpoint(data: Mapping[str, Any], key: str, where: str) -> str:
