@@ -108,7 +108,10 @@ def test_software_triggers_mono8_ready_after_warm_up(exported_model, recipes, tm
     assert all_present(results)
     assert [r.part_id for r in results] == [f"P{i:03d}" for i in range(100)]
     assert {r.decision for r in results} <= {"OK", "NOK"}, {r.inspection.error for r in results}
-    assert sum(r.decision == "OK" for r in results) >= 50  # the recipe was calibrated on this camera's frames
+    # The 10 references (every 3rd frame) cover only part of the ball's path: live scores run 0.03-0.36 around a
+    # threshold of 0.13 (41 OK measured with the leave-one-out threshold). Many OK shows that calibration and the cell
+    # turn Mono8 frames into the same input: a mismatch scores every frame far above the threshold.
+    assert sum(r.decision == "OK" for r in results) >= 20
     rows = assert_archive_matches(service, ids)
     assert rows[0]["recipe_id"] == results[0].recipe_id
     assert "STOPPING=1" in listener.poll()
