@@ -94,11 +94,7 @@ class Installer:
             for note in self.store.link_state_folders():
                 self.say(f"  note: {note}")
             old_current, old_previous = self.store.current, self.store.previous
-            self.step("switch", f"current -> {release_id} (was {old_current or 'none'})")
-            if old_current is not None:
-                self.store.point(PREVIOUS, old_current)
-            self.store.point(CURRENT, release_id)
-            reason = self._restart()
+            reason = self._switch(release_id, old_current)
             if reason is not None:
                 self._return_to(old_current, old_previous, release_id, reason)
             self.step("prune", f"keep {self.options.keep} release(s)")
@@ -122,11 +118,7 @@ class Installer:
                 raise ConfigError(f"release {target} is not installed in {self.store.folder} (`okcell bundle list` "
                                   "shows what is)")
             verify_installed(self.store.path(target))
-            self.step("switch", f"current -> {target} (was {current or 'none'})")
-            if current is not None:
-                self.store.point(PREVIOUS, current)
-            self.store.point(CURRENT, target)
-            reason = self._restart()
+            reason = self._switch(target, current)
             if reason is not None:
                 self.store.point(CURRENT, current)
                 self.store.point(PREVIOUS, target)
@@ -189,6 +181,14 @@ class Installer:
             self.say(f"  {outcome.image.file}: {outcome.decision} {outcome.score:.4f} "
                      f"(expected {outcome.image.decision} {outcome.image.score:.4f})")
         self.store.write_record(release_id, {"engine": engine.note, "selftest": f"{len(outcomes)} golden image(s) passed"})
+
+    def _switch(self, target: str, current: str | None) -> str | None:
+        """Make ``target`` current (``current`` becomes previous) and restart; the reason it is not READY, or None."""
+        self.step("switch", f"current -> {target} (was {current or 'none'})")
+        if current is not None:
+            self.store.point(PREVIOUS, current)
+        self.store.point(CURRENT, target)
+        return self._restart()
 
     def _restart(self) -> str | None:
         """restart and ready steps; None when READY=1 came (or no service is managed), else why not."""
